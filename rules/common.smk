@@ -1,0 +1,72 @@
+# Shared definitions: the results root, the grid of datasets x tasks x architectures x seeds, and the
+# code fingerprints that make edits of src/deepfeat rerun exactly the rules that run the edited code.
+from snakemake.exceptions import WorkflowError
+
+from deepfeat.workflow import check_dataset, code_hash, task_names, train_tasks
+
+R = config["results"]
+DATASETS = list(config["datasets"])
+CONV_ARCHS = [a for a in config["models"]["architectures"] if a != "FeedForward"]
+ARCHS = list(config["models"]["architectures"])
+SEEDS = list(config["models"]["seeds"])
+
+for _name, _ds in config["datasets"].items():
+    try:
+        check_dataset(_name, _ds, Path(workflow.basedir))
+        train_tasks(_ds, config["models"])
+    except ValueError as _e:
+        raise WorkflowError(f"config error: {_e}")
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    task="[A-Za-z0-9_]+",
+    arch="Regular|Deformable|Dilated|1dF|1dT|FeedForward",
+    conv_arch="Regular|Deformable|Dilated|1dF|1dT",
+    seed=r"\d+",
+
+
+def ds_cfg(w):
+    return config["datasets"][w.dataset]
+
+
+def models_of(dataset, archs):
+    """(task, arch, seed) of every network trained for a dataset."""
+    ds = config["datasets"][dataset]
+    return [(t, a, s) for t in train_tasks(ds, config["models"]) for a in archs for s in SEEDS]
+
+
+def model_files(dataset):
+    return [f"{R}/{dataset}/models/{t}/{a}/seed{s}.pt" for t, a, s in models_of(dataset, ARCHS)]
+
+
+def history_files(dataset):
+    return [f"{R}/{dataset}/models/{t}/{a}/seed{s}.history.csv" for t, a, s in models_of(dataset, ARCHS)]
+
+
+def deep_files(dataset):
+    return [f"{R}/{dataset}/deep/{t}/{a}/seed{s}.h5" for t, a, s in models_of(dataset, CONV_ARCHS)]
+
+
+def probe_deep_files(dataset):
+    return [f"{R}/{dataset}/probes/deep/{t}/{a}/seed{s}.csv" for t, a, s in models_of(dataset, CONV_ARCHS)]
+
+
+def similarity_deep_files(dataset):
+    return [f"{R}/{dataset}/similarity/deep/{t}/{a}/seed{s}.csv" for t, a, s in models_of(dataset, CONV_ARCHS)]
+
+
+def similarity_channel_files(dataset):
+    return [f"{R}/{dataset}/similarity/channels/{t}/{a}/seed{s}.csv" for t, a, s in models_of(dataset, CONV_ARCHS)]
+
+
+def similarity_cross_files(dataset):
+    ds = config["datasets"][dataset]
+    return [f"{R}/{dataset}/similarity/cross/{t}.csv" for t in train_tasks(ds, config["models"])]
+
+
+def all_targets():
+    out = []
+    for d in DATASETS:
+        out += [f"{R}/{d}/findings.md", f"{R}/{d}/findings.html", f"{R}/{d}/figures"]
+    return out

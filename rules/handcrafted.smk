@@ -1,0 +1,21 @@
+# Hand-crafted feature store: one HDF5 dataset per feature, every clip.
+
+
+rule handcrafted:
+    input:
+        clips=f"{R}/{{dataset}}/clips.h5",
+        mel=f"{R}/{{dataset}}/mel.h5",
+    output:
+        features=f"{R}/{{dataset}}/handcrafted.h5",
+    params:
+        handcrafted=config["handcrafted"],
+        mel=config["mel"],
+        code=code_hash("handcrafted", "mel"),
+    log:
+        "logs/{dataset}/handcrafted.log",
+    benchmark:
+        "benchmarks/{dataset}/handcrafted.tsv"
+    conda:
+        "../envs/deepfeat.yaml"
+    script:
+        "../scripts/handcrafted.py"

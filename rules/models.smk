@@ -1,0 +1,48 @@
+# Networks: train (initial weights kept beside the final ones) and extract frozen activations. GPU rules.
+
+
+rule train:
+    input:
+        mel=f"{R}/{{dataset}}/mel.h5",
+    output:
+        model=f"{R}/{{dataset}}/models/{{task}}/{{arch}}/seed{{seed}}.pt",
+        history=f"{R}/{{dataset}}/models/{{task}}/{{arch}}/seed{{seed}}.history.csv",
+    params:
+        models=config["models"],
+        checkpoint=lambda w: f"{R}/{w.dataset}/models/{w.task}/{w.arch}/seed{w.seed}.ckpt",
+        code=code_hash("models", "deform", "train"),
+    resources:
+        gpu=1,
+        runtime=lambda w: 60 + config["models"]["epochs"],
+        mem_mb=8000,
+    log:
+        "logs/{dataset}/train/{task}/{arch}/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train/{task}/{arch}/seed{seed}.tsv"
+    conda:
+        "../envs/deepfeat.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule extract:
+    input:
+        model=f"{R}/{{dataset}}/models/{{task}}/{{conv_arch}}/seed{{seed}}.pt",
+        mel=f"{R}/{{dataset}}/mel.h5",
+    output:
+        deep=f"{R}/{{dataset}}/deep/{{task}}/{{conv_arch}}/seed{{seed}}.h5",
+    params:
+        deep=config["deep"],
+        code=code_hash("models", "deform", "extract"),
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+    log:
+        "logs/{dataset}/extract/{task}/{conv_arch}/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/extract/{task}/{conv_arch}/seed{seed}.tsv"
+    conda:
+        "../envs/deepfeat.yaml"
+    script:
+        "../scripts/extract.py"

@@ -1,0 +1,52 @@
+# Decoding probes: every hand-crafted feature and every layer of every network, on every task.
+
+
+rule probe_handcrafted:
+    input:
+        features=f"{R}/{{dataset}}/handcrafted.h5",
+        mel=f"{R}/{{dataset}}/mel.h5",
+    output:
+        scores=f"{R}/{{dataset}}/probes/handcrafted.csv",
+        confusion=f"{R}/{{dataset}}/probes/handcrafted.confusion.csv",
+    params:
+        probe=config["probe"],
+        dataset=lambda w: w.dataset,
+        code=code_hash("probe"),
+    resources:
+        gpu=1,
+        runtime=120,
+        mem_mb=8000,
+    log:
+        "logs/{dataset}/probe_handcrafted.log",
+    benchmark:
+        "benchmarks/{dataset}/probe_handcrafted.tsv"
+    conda:
+        "../envs/deepfeat.yaml"
+    script:
+        "../scripts/probe_handcrafted.py"
+
+
+rule probe_deep:
+    input:
+        deep=f"{R}/{{dataset}}/deep/{{task}}/{{conv_arch}}/seed{{seed}}.h5",
+        features=f"{R}/{{dataset}}/handcrafted.h5",
+        mel=f"{R}/{{dataset}}/mel.h5",
+    output:
+        scores=f"{R}/{{dataset}}/probes/deep/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
+        confusion=f"{R}/{{dataset}}/probes/deep/{{task}}/{{conv_arch}}/seed{{seed}}.confusion.csv",
+    params:
+        probe=config["probe"],
+        dataset=lambda w: w.dataset,
+        code=code_hash("probe"),
+    resources:
+        gpu=1,
+        runtime=120,
+        mem_mb=8000,
+    log:
+        "logs/{dataset}/probe_deep/{task}/{conv_arch}/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/probe_deep/{task}/{conv_arch}/seed{seed}.tsv"
+    conda:
+        "../envs/deepfeat.yaml"
+    script:
+        "../scripts/probe_deep.py"

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/extract.py is being written')

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/findings.py is being written')

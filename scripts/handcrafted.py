@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/handcrafted.py is being written')

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/ingest.py is being written')

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/melspec.py is being written')

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/probe_deep.py is being written')

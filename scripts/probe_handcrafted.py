@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/probe_handcrafted.py is being written')

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/render_demo.py is being written')

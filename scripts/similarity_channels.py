@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/similarity_channels.py is being written')

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/similarity_cross.py is being written')

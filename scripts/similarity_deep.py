@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/similarity_deep.py is being written')

@@ -1,0 +1,1 @@
+raise NotImplementedError('scripts/train.py is being written')

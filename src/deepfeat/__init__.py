@@ -1,0 +1,3 @@
+"""deepfeat: relate the deep features of audio CNNs to hand-crafted signal-processing features."""
+
+__version__ = "0.1.0"
