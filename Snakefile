@@ -1,6 +1,7 @@
 # deepfeat: relate the deep features of audio CNNs to hand-crafted signal-processing features.
 # Run `make run` (sets up .venv on first use) or, inside the venv, `snakemake --profile profiles/default`.
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -15,10 +16,10 @@ validate(config, "schemas/config.schema.yaml")
 # The package lives in src/: make it importable in every job (local, conda env or SLURM job step)
 # without requiring an install, so rules always run the code of this checkout.
 _SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
-import sys
-
 sys.path.insert(0, _SRC)
+from deepfeat.workflow import export_pythonpath
+
+export_pythonpath(_SRC)
 
 
 include: "rules/common.smk"

@@ -65,6 +65,19 @@ def similarity_cross_files(dataset):
     return [f"{R}/{dataset}/similarity/cross/{t}.csv" for t in train_tasks(ds, config["models"])]
 
 
+def ingest_source(w):
+    ds = ds_cfg(w)
+    if "render" in ds:
+        return f"{R}/{w.dataset}/raw/manifest.json"
+    marker = "examples.json" if ds["format"] == "nsynth" else ds["recordings"]["metadata"]
+    return os.path.join(ds["path"], marker)
+
+
+def ingest_root(w):
+    ds = ds_cfg(w)
+    return f"{R}/{w.dataset}/raw" if "render" in ds else ds["path"]
+
+
 def all_targets():
     out = []
     for d in DATASETS:

@@ -1,19 +1,6 @@
 # Data: (optional) render the built-in demo audio -> ingest into 4 s clips -> mel-spectrograms.
 
 
-def ingest_source(w):
-    ds = ds_cfg(w)
-    if "render" in ds:
-        return f"{R}/{w.dataset}/raw/manifest.json"
-    marker = "examples.json" if ds["format"] == "nsynth" else ds["recordings"]["metadata"]
-    return os.path.join(ds["path"], marker)
-
-
-def ingest_root(w):
-    ds = ds_cfg(w)
-    return f"{R}/{w.dataset}/raw" if "render" in ds else ds["path"]
-
-
 rule render_demo:
     output:
         manifest=f"{R}/{{dataset}}/raw/manifest.json",

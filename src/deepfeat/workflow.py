@@ -5,6 +5,7 @@ Kept here (not in the .smk files) so that they are unit-tested without Snakemake
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -68,3 +69,9 @@ def code_hash(*modules: str) -> str:
         h.update(m.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def export_pythonpath(src: str) -> None:
+    """Put ``src`` first on PYTHONPATH so every job (local, conda env, SLURM job step) imports this checkout."""
+    parts = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
