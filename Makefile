@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(ARGS)
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(ARGS) --report results/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

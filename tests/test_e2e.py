@@ -1,0 +1,191 @@
+"""End to end: the tiny config through every stage, then incremental reruns and faults (issue: cluster,
+incremental reruns and fault tolerance). One complete run is shared by the module (a few minutes)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from e2e import SNAKEMAKE, copy_checkout, env, job_counts, snakemake
+
+pytestmark = pytest.mark.slow
+CI = ["--configfile", "configs/ci.yaml", "--cores", "2"]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A fresh copy of the checkout with the tiny config run to completion."""
+    work = copy_checkout(tmp_path_factory.mktemp("e2e"))
+    t0 = time.time()
+    snakemake(work, *CI)
+    print(f"complete tiny run: {time.time() - t0:.0f} s")
+    return work
+
+
+def cfg(work):
+    return yaml.safe_load((work / "configs" / "ci.yaml").read_text())
+
+
+def test_every_stage_produced_valid_outputs(done):
+    from deepfeat.io import open_h5, read_clip_table
+
+    c = cfg(done)
+    for ds in c["datasets"]:
+        r = done / "results" / ds
+        with open_h5(r / "mel.h5", "mel") as f:
+            mel = f["mel"]
+            assert mel.shape[1] == 128 and mel.shape[2] == (128 if ds == "notes" else 176)
+            df, tasks, main = read_clip_table(f)
+            assert set(df["split"]) == {0, 1}
+        with open_h5(r / "handcrafted.h5", "handcrafted") as f:
+            assert len(f["features"]) > 10
+        for arch in c["models"]["architectures"]:
+            for seed in c["models"]["seeds"]:
+                assert (r / "models" / main / arch / f"seed{seed}.pt").exists()
+                assert not (r / "models" / main / arch / f"seed{seed}.ckpt").exists()
+        assert (r / "findings.md").stat().st_size > 200
+        assert any((r / "figures").glob("*.png"))
+        table1 = next((r / "tables").glob("*table1*.csv"), None)
+        assert table1 is not None, sorted(p.name for p in (r / "tables").iterdir())
+    leftovers = [p for p in (done / "results").rglob(".*.tmp")] + list((done / "results").rglob(".*.h5"))
+    assert not leftovers, leftovers
+
+
+def test_nothing_to_do_after_a_complete_run(done):
+    r = snakemake(done, *CI, "-n")
+    assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+
+
+def test_handcrafted_parameter_reruns_only_the_store_and_its_consumers(done):
+    r = snakemake(done, *CI, "-n", "--config", "handcrafted={'ricker_widths': [1, 5, 10, 25, 50]}")
+    jobs = job_counts(r.stdout + r.stderr)
+    n_ds = len(cfg(done)["datasets"])
+    assert jobs.get("handcrafted") == n_ds, jobs
+    for rule in ("render_demo", "ingest", "melspec", "train", "extract", "similarity_channels", "similarity_cross"):
+        assert rule not in jobs, (rule, jobs)
+    assert jobs.get("probe_handcrafted") == n_ds and "similarity_deep" in jobs and "tables" in jobs
+
+
+def test_adding_a_seed_runs_only_the_new_branch_and_the_aggregates(done):
+    c = cfg(done)
+    seeds = c["models"]["seeds"] + [99]
+    r = snakemake(done, *CI, "-n", "--config", f"models={{'seeds': {seeds}}}")
+    jobs = job_counts(r.stdout + r.stderr)
+    n_ds, archs = len(c["datasets"]), c["models"]["architectures"]
+    conv = [a for a in archs if a != "FeedForward"]
+    assert jobs.get("train") == n_ds * len(archs), jobs
+    assert jobs.get("extract") == n_ds * len(conv), jobs
+    for rule in ("render_demo", "ingest", "melspec", "handcrafted", "probe_handcrafted"):
+        assert rule not in jobs, (rule, jobs)
+    assert jobs.get("tables") == n_ds
+
+
+def test_a_package_code_change_reruns_the_rules_that_run_it(done, tmp_path):
+    src = done / "src" / "deepfeat" / "handcrafted.py"
+    original = src.read_text()
+    try:
+        src.write_text(original + "\n# an edit\n")
+        r = snakemake(done, *CI, "-n")
+        jobs = job_counts(r.stdout + r.stderr)
+        assert "handcrafted" in jobs and "train" not in jobs and "melspec" not in jobs, jobs
+    finally:
+        src.write_text(original)
+    r = snakemake(done, *CI, "-n")
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def scratch_copy(done, tmp_path):
+    """A copy of the completed run (mtimes kept) for tests that damage or redo outputs."""
+    work = tmp_path / "work"
+    shutil.copytree(done, work, symlinks=True)
+    return work
+
+
+def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, tmp_path):
+    """Kill the whole workflow mid-training; the rerun resumes the checkpoint and ends like an uninterrupted run."""
+    import torch
+
+    done = scratch_copy(done, tmp_path)
+    c = cfg(done)
+    main = c["datasets"]["notes"]["main_task"]
+    model = done / "results" / "notes" / "models" / main / "Regular" / "seed1.pt"
+    reference = torch.load(model, map_location="cpu", weights_only=False)
+    ckpt = model.with_suffix(".ckpt")
+    target = str(model.relative_to(done))
+    # more epochs make a longer job to kill; params change, so this reruns only this model's training
+    over = ["--config", "models={'epochs': 12}"]
+    p = subprocess.Popen(
+        [SNAKEMAKE, *CI, *over, target, "--forcerun", target],
+        cwd=done, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no epoch checkpoint appeared"
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    snakemake(done, *CI, *over, target)
+    assert not ckpt.exists()
+    got = torch.load(model, map_location="cpu", weights_only=False)
+    assert got["meta"]["epochs"] == 12
+    log = (done / "logs" / "notes" / "train" / main / "Regular" / "seed1.log").read_text()
+    assert "resum" in log.lower(), log[-2000:]
+    # an uninterrupted 12-epoch run, straight through the package, gives the same weights
+    from deepfeat.train import train_model
+
+    params = dict(c["models"], epochs=12)
+    fresh = done / "fresh.pt"
+    train_model(done / "results/notes/mel.h5", main, "Regular", 1, {**_model_defaults(done), **params},
+                fresh, done / "fresh.csv", done / "fresh.ckpt")
+    straight = torch.load(fresh, map_location="cpu", weights_only=False)
+    for k, v in straight["final_state"].items():
+        assert torch.equal(v, got["final_state"][k]), k
+    assert reference["meta"]["epochs"] == c["models"]["epochs"]
+
+
+def _model_defaults(work):
+    from snakemake.utils import validate
+
+    full = yaml.safe_load((work / "configs" / "ci.yaml").read_text())
+    validate(full, str(work / "schemas" / "config.schema.yaml"))
+    return full["models"]
+
+
+def test_a_corrupt_output_is_detected_not_read(done, tmp_path):
+    from deepfeat.io import CorruptOutputError, open_h5
+
+    done = scratch_copy(done, tmp_path)
+    src = done / "results" / "notes" / "handcrafted.h5"
+    bad = tmp_path / "handcrafted.h5"
+    data = src.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptOutputError, match="not a readable HDF5"):
+        open_h5(bad, "handcrafted")
+    with h5py.File(tmp_path / "unfinished.h5", "w") as f:
+        f.attrs["deepfeat_kind"] = "handcrafted"
+    with pytest.raises(CorruptOutputError, match="incomplete"):
+        open_h5(tmp_path / "unfinished.h5", "handcrafted")
+    # and through the workflow: a truncated store makes its consumer fail with that message
+    src.write_bytes(data[: len(data) // 2])
+    r = snakemake(done, *CI, "--forcerun", "probe_handcrafted", "--until", "probe_handcrafted", check=False)
+    assert r.returncode != 0
+    assert "not a readable HDF5" in r.stdout + r.stderr + _logs(done, "probe_handcrafted")
+
+
+def _logs(work, rule):
+    return "".join(p.read_text(errors="replace") for p in (work / "logs").rglob(f"{rule}*.log"))
+
+
+def test_tables_are_tidy(done):
+    t = pd.read_csv(done / "results" / "notes" / "probes" / "handcrafted.csv")
+    assert {"dataset", "feature", "probe_task", "metric", "split", "value"} <= set(t.columns)
+    assert t["value"].notna().all()
