@@ -1,1 +1,12 @@
-raise NotImplementedError('scripts/handcrafted.py is being written')
+"""Snakemake script of rule `handcrafted`: clips.h5 + mel.h5 -> handcrafted.h5 (one dataset per feature)."""
+from deepfeat.handcrafted import build_store
+from deepfeat.io import get_logger
+
+
+def main(smk):
+    log = get_logger(smk.log[0])
+    build_store(smk.input.clips, smk.input.mel, smk.output.features, dict(smk.params.handcrafted),
+                dict(smk.params.mel), log=log)
+
+
+main(snakemake)  # noqa: F821

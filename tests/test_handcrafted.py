@@ -1,0 +1,335 @@
+"""Tests of the hand-crafted feature store (deepfeat.handcrafted) against direct reference computations."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import librosa
+import numpy as np
+import pytest
+import pywt
+import scipy.stats
+import yaml
+
+from conftest import make_meta, write_fake_mel
+from deepfeat import handcrafted as hc
+from deepfeat.io import CorruptOutputError, write_clip_table, write_h5
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 16000
+MEL_PARAMS = {"n_fft": 2048, "hop_length": 502}
+
+
+def old_ricker(points, a):
+    """scipy.signal.ricker as it was before its removal (SciPy < 1.15), written out."""
+    A = 2 / (np.sqrt(3 * a) * (np.pi**0.25))
+    vec = np.arange(0, points) - (points - 1.0) / 2
+    return A * (1 - vec**2 / a**2) * np.exp(-(vec**2) / (2 * a**2))
+
+
+def old_cwt_row(row, width):
+    """scipy.signal.cwt(row, ricker, [width])[0] of SciPy < 1.15: 'same' convolution with the reversed kernel."""
+    n = min(10 * width, len(row))
+    return np.convolve(row, old_ricker(n, width)[::-1], mode="same")
+
+
+def make_audio(n, sr=SR, seconds=4.0, seed=0):
+    """Harmonic tones with decays plus noise; clip 0 is digital silence."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    y = np.zeros((n, t.size))
+    for i in range(1, n):
+        f0 = rng.uniform(100, 1500)
+        y[i] = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 4)) * np.exp(-t * rng.uniform(0.2, 3))
+        y[i] += 0.01 * rng.standard_normal(t.size)
+    return (0.3 * y).astype(np.float32)
+
+
+def write_clips(path, audio, meta, sr=SR):
+    with write_h5(path, "clips") as f:
+        f.create_dataset("audio", data=audio)
+        f.attrs["sample_rate"] = sr
+        f.attrs["clip_seconds"] = audio.shape[1] / sr
+        write_clip_table(f, meta, [{"name": "family", "type": "classification", "label": "family"}], "family")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A full default store on 10 fake clips (T=128 at 16 kHz), built in chunks of 4 (last chunk partial)."""
+    d = tmp_path_factory.mktemp("hc")
+    n = 10
+    mel, meta = write_fake_mel(d / "mel.h5", n=n, n_frames=128)
+    audio = make_audio(n)
+    write_clips(d / "clips.h5", audio, meta)
+    params = {"chunk_size": 4}
+    timings = hc.build_store(d / "clips.h5", d / "mel.h5", d / "handcrafted.h5", params, MEL_PARAMS)
+    return {"dir": d, "mel": mel.astype(np.float64), "audio": audio, "path": d / "handcrafted.h5",
+            "timings": timings, "meta": meta}
+
+
+# ---------------------------------------------------------------------------------------------- Ricker
+@pytest.mark.parametrize("T", [7, 37, 128])
+def test_ricker_matrix_matches_old_scipy_cwt(T):
+    rng = np.random.default_rng(T)
+    x = rng.normal(-40, 15, (5, T))
+    for w in (1, 5, 10, 25):  # includes 10 w > T (kernel truncated to the row length)
+        M = hc.ricker_matrix(T, w)
+        assert M.shape == (T, T)
+        ref = np.stack([old_cwt_row(r, w) for r in x])
+        np.testing.assert_allclose(x @ M.T, ref, rtol=0, atol=1e-9)
+
+
+def test_ricker_transform_all_widths_and_time_mean():
+    rng = np.random.default_rng(1)
+    mel = np.clip(rng.normal(-40, 20, (3, 6, 50)), -80, 0).astype(np.float32)
+    widths = [1, 5, 10, 25]
+    R = hc.ricker_transform(mel, widths)
+    assert R.shape == (3, 4, 6, 50) and R.dtype == np.float64
+    for b in range(3):
+        for i, w in enumerate(widths):
+            for f in range(6):
+                np.testing.assert_allclose(R[b, i, f], old_cwt_row(mel[b, f].astype(np.float64), w), atol=1e-9)
+    np.testing.assert_allclose(hc.ricker_time_mean(mel, widths), R.mean(axis=-1), rtol=0, atol=1e-12)
+
+
+def test_summary_stats_match_numpy_and_scipy():
+    rng = np.random.default_rng(2)
+    for n in (7, 8, 128):  # odd and even counts (median / quantile interpolation)
+        x = rng.standard_normal((4, 5, n)) ** 3
+        s = hc.summary_stats(x)
+        ref = {"mean": x.mean(-1), "median": np.median(x, -1), "std": x.std(-1), "var": x.var(-1),
+               "kurtosis": scipy.stats.kurtosis(x, axis=-1, fisher=True, bias=True),
+               "q25": np.quantile(x, 0.25, axis=-1), "q75": np.quantile(x, 0.75, axis=-1)}
+        assert list(s) == list(hc.STATS)
+        for k in hc.STATS:
+            np.testing.assert_allclose(s[k], ref[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_kurtosis_of_constant_rows_is_zero_not_nan():
+    x = np.array([[-80.0] * 9, [0.0] * 9, [1e-3 + 1e-20 * i for i in range(9)], [1, 2, 3, 4, 5, 6, 7, 8, 100.0]])
+    k = hc.kurtosis(x)
+    assert np.all(np.isfinite(k))
+    np.testing.assert_array_equal(k[:3], 0.0)
+    assert k[3] == pytest.approx(scipy.stats.kurtosis(x[3]), rel=1e-12)
+    with pytest.raises(ValueError, match="unknown statistics"):
+        hc.summary_stats(x, ("mean", "skew"))
+
+
+# ------------------------------------------------------------------------------------------- time to dB
+def test_time_to_db_semantics():
+    T = 6
+    mel = np.array([[
+        [0, -10, -70, -60, -90, -80],  # -70 reached at 2 (equality counts), -75 at 4, -80 at 4
+        [-80, 0, 0, 0, 0, 0],          # exactly the floor at frame 0 counts for every threshold
+        [0, -69.99, -69.5, -50, 0, -1],  # never reached -> T (the frame count)
+        [-5, -72, -5, -79.99, -5, -80],  # each threshold first crossed at a different frame; floor last
+    ]], dtype=np.float32)
+    np.testing.assert_array_equal(hc.time_to_db(mel, -70), [[2, 0, T, 1]])
+    np.testing.assert_array_equal(hc.time_to_db(mel, -75), [[4, 0, T, 3]])
+    np.testing.assert_array_equal(hc.time_to_db(mel, -80), [[4, 0, T, 5]])
+
+
+# --------------------------------------------------------------------------------------------- librosa
+def test_librosa_features_match_per_clip_calls(store):
+    audio, path = store["audio"], store["path"]
+    kw = dict(sr=SR, n_fft=2048, hop_length=502)
+    ref = {
+        "RMS": lambda y: librosa.feature.rms(y=y, frame_length=2048, hop_length=502),
+        "Spectral Centroid": lambda y: librosa.feature.spectral_centroid(y=y, **kw),
+        "Spectral Bandwidth": lambda y: librosa.feature.spectral_bandwidth(y=y, **kw),
+        "Spectral Flatness": lambda y: librosa.feature.spectral_flatness(y=y, n_fft=2048, hop_length=502),
+        "Spectral Rolloff": lambda y: librosa.feature.spectral_rolloff(y=y, roll_percent=0.85, **kw),
+    }
+    for name, fn in ref.items():
+        got = hc.read_feature(path, name)
+        want = np.stack([fn(y.astype(np.float64))[0] for y in audio])
+        assert got.shape == (10, 128)
+        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=name)
+    # the silent clip: defined, finite values (0 Hz, flatness 1, rms 0)
+    for name, value in (("RMS", 0), ("Spectral Centroid", 0), ("Spectral Bandwidth", 0),
+                        ("Spectral Flatness", 1), ("Spectral Rolloff", 0)):
+        np.testing.assert_array_equal(hc.read_feature(path, name)[0], value, err_msg=name)
+
+
+def test_sample_rate_is_passed_to_librosa(tmp_path):
+    """The same samples declared at 22,050 Hz give frequencies scaled by 22050/16000 (the notebooks' bug)."""
+    n = 3
+    mel, meta = write_fake_mel(tmp_path / "mel.h5", n=n, n_frames=128)
+    audio = make_audio(n, seed=3)
+    write_clips(tmp_path / "clips.h5", audio, meta)
+    with h5py.File(tmp_path / "mel.h5", "a") as f:
+        f.attrs["sample_rate"] = 22050
+    write_clips(tmp_path / "clips22.h5", audio, meta, sr=22050)
+    p = {"features": ["spectral_centroid"]}
+    hc.build_store(tmp_path / "clips22.h5", tmp_path / "mel.h5", tmp_path / "a.h5", p, MEL_PARAMS)
+    c22 = hc.read_feature(tmp_path / "a.h5", "Spectral Centroid")
+    want = np.stack([librosa.feature.spectral_centroid(y=y.astype(np.float64), sr=22050, n_fft=2048,
+                                                       hop_length=502)[0] for y in audio])
+    np.testing.assert_allclose(c22, want, rtol=1e-5)
+    assert json.loads(h5py.File(tmp_path / "a.h5")["features/spectral_centroid"].attrs["params"])["sr"] == 22050
+
+
+# ---------------------------------------------------------------------------------------------- the store
+EXPECTED_NAMES = (
+    ["RMS", "Spectral Centroid", "Spectral Bandwidth", "Spectral Flatness", "Spectral Rolloff",
+     "Mean Power (frequency)", "Mean Power (time)", "Median Power (frequency)", "Median Power (time)",
+     "Time to -70 dB", "Time to -75 dB", "Time to -80 dB"]
+    + [f"{s} Wavelet ({w}){sfx}" for sfx in ("", " over frequency") for w in (1, 5, 10, 25)
+       for s in ("Mean", "Median", "Std", "Var", "Kurtosis", "Q25", "Q75")]
+    + ["Wavelet Combined", "DWT db10 (horizontal)", "DWT db10 (vertical)", "DWT bior1.3 (horizontal)",
+       "DWT bior1.3 (vertical)", "Top 4 Combined", "Random"]
+)
+
+
+def test_store_names_attrs_and_layout(store):
+    path = store["path"]
+    assert hc.list_features(path) == EXPECTED_NAMES
+    with h5py.File(path) as f:
+        assert f.attrs["deepfeat_kind"] == "handcrafted" and f.attrs["deepfeat_complete"]
+        assert f["meta/clip_id"].asstr()[:].tolist() == store["meta"]["clip_id"].tolist()
+        for name in EXPECTED_NAMES:
+            ds = f["features"][hc.feature_key(name)]
+            assert ds.dtype == np.float32 and ds.shape[0] == 10
+            assert ds.attrs["name"] == name and len(ds.attrs["definition"]) > 20
+            shape = json.loads(ds.attrs["shape"])
+            assert int(np.prod(shape)) == ds.attrs["dim"] == ds.shape[1]
+            assert isinstance(json.loads(ds.attrs["params"]), dict)
+            assert np.all(np.isfinite(ds[:])), name
+        assert f["features/mean_wavelet_25"].attrs["name"] == "Mean Wavelet (25)"
+        assert json.loads(f["features/wavelet_combined"].attrs["shape"]) == [6, 128]
+        assert json.loads(f["features/mean_wavelet_25_over_frequency"].attrs["shape"]) == [128]
+    t = store["timings"]
+    assert set(hc.DEFAULTS["features"]) <= set(t) and t["total"] > 0 and t["ricker_transform"] > 0
+
+
+def test_store_values_against_direct_computation(store):
+    path, mel = store["path"], store["mel"]
+    T = mel.shape[-1]
+    np.testing.assert_allclose(hc.read_feature(path, "Mean Power (frequency)"), mel.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(hc.read_feature(path, "Median Power (time)"), np.median(mel, 2), rtol=1e-6)
+    for thr in (-70, -75, -80):
+        want = np.array([[next((t for t in range(T) if mel[b, f, t] <= thr), T) for f in range(mel.shape[1])]
+                         for b in range(len(mel))])
+        np.testing.assert_array_equal(hc.read_feature(path, f"Time to {thr} dB"), want)
+    # wavelets for one clip, per row, as the reference notebooks did
+    b = 3
+    for w in (5, 25):
+        rows = np.stack([old_cwt_row(r, w) for r in mel[b]])  # (F, T)
+        checks = {
+            f"Mean Wavelet ({w})": rows.mean(1), f"Kurtosis Wavelet ({w})": scipy.stats.kurtosis(rows, axis=1),
+            f"Q75 Wavelet ({w})": np.quantile(rows, 0.75, axis=1),
+            f"Median Wavelet ({w}) over frequency": np.median(rows, axis=0),
+            f"Std Wavelet ({w}) over frequency": rows.std(axis=0),
+        }
+        for name, want in checks.items():
+            np.testing.assert_allclose(hc.read_feature(path, name)[b], want, rtol=2e-6, atol=1e-5, err_msg=name)
+    rows = np.stack([old_cwt_row(r, 25) for r in mel[b]])
+    comb = np.concatenate([np.median(rows, 1), rows.std(1), rows.var(1), scipy.stats.kurtosis(rows, axis=1),
+                           np.quantile(rows, 0.25, axis=1), np.quantile(rows, 0.75, axis=1)])
+    np.testing.assert_allclose(hc.read_feature(path, "Wavelet Combined")[b], comb, rtol=2e-6, atol=1e-5)
+
+
+def test_dwt_matches_per_clip_pywt(store):
+    path, mel = store["path"], store["mel"]
+    for w in ("db10", "bior1.3"):
+        H = hc.read_feature(path, f"DWT {w} (horizontal)")
+        V = hc.read_feature(path, f"DWT {w} (vertical)")
+        for b in (0, 9):
+            _, (cH, cV, _) = pywt.dwt2(mel[b], w)
+            np.testing.assert_allclose(H[b], cH.ravel(), rtol=1e-6, atol=1e-4)
+            np.testing.assert_allclose(V[b], cV.ravel(), rtol=1e-6, atol=1e-4)
+    assert H.shape[1] == 66 * 66  # bior1.3 (filter length 6): (128 + 5) // 2 per axis
+
+
+def test_top4_is_the_concatenation(store):
+    path = store["path"]
+    parts = ["Mean Power (frequency)", "Time to -70 dB", "Mean Wavelet (25)", "Wavelet Combined"]
+    want = np.concatenate([hc.read_feature(path, n) for n in parts], axis=1)
+    np.testing.assert_array_equal(hc.read_feature(path, "Top 4 Combined"), want)
+    assert want.shape[1] == 128 + 128 + 128 + 6 * 128
+
+
+def test_random_is_seeded_and_independent_of_chunking(store, tmp_path):
+    d = store["dir"]
+    a = hc.read_feature(store["path"], "Random")
+    hc.build_store(None, d / "mel.h5", tmp_path / "r.h5", {"features": ["random"], "chunk_size": 3}, MEL_PARAMS)
+    np.testing.assert_array_equal(hc.read_feature(tmp_path / "r.h5", "random"), a)
+    np.testing.assert_array_equal(a, np.random.default_rng(0).standard_normal((10, 128)).astype(np.float32))
+    hc.build_store(None, d / "mel.h5", tmp_path / "s.h5", {"features": ["random"], "random_seed": 1}, MEL_PARAMS)
+    assert not np.allclose(hc.read_feature(tmp_path / "s.h5", "Random"), a)
+
+
+def test_constant_spectrograms_give_finite_features(tmp_path):
+    """Silence in dB (all -80) and all-0 clips: every mel-based feature is finite, kurtosis defined as 0."""
+    n, F, T = 3, 16, 40
+    mel = np.full((n, F, T), -80.0, dtype=np.float32)
+    mel[1] = 0.0
+    mel[2] = np.linspace(0, -80, T)[None, :]
+    with write_h5(tmp_path / "mel.h5", "mel") as f:
+        f.create_dataset("mel", data=mel)
+        f.attrs["sample_rate"] = SR
+    p = {"features": ["mean_power", "median_power", "time_to_db", "wavelet", "dwt", "top4"]}
+    hc.build_store(None, tmp_path / "mel.h5", tmp_path / "h.h5", p, MEL_PARAMS)
+    for name in hc.list_features(tmp_path / "h.h5"):
+        assert np.all(np.isfinite(hc.read_feature(tmp_path / "h.h5", name))), name
+    # every bin of a constant spectrogram has the same transform -> constant over frequency -> kurtosis 0
+    np.testing.assert_array_equal(hc.read_feature(tmp_path / "h.h5", "Kurtosis Wavelet (5) over frequency")[:2], 0)
+    np.testing.assert_array_equal(hc.read_feature(tmp_path / "h.h5", "Time to -70 dB")[1], T)
+
+
+def test_selected_options_and_feature_subsets(store, tmp_path):
+    d = store["dir"]
+    p = {"features": ["wavelet", "mean_power"], "ricker_widths": [3], "wavelet_stats": ["var"],
+         "wavelet_axes": ["frequency"], "power_axes": ["time"], "combined_width": 5}
+    hc.build_store(None, d / "mel.h5", tmp_path / "o.h5", p, MEL_PARAMS)
+    assert hc.list_features(tmp_path / "o.h5") == ["Var Wavelet (3) over frequency", "Wavelet Combined",
+                                                   "Mean Power (time)"]
+    rows = np.stack([old_cwt_row(r, 3) for r in store["mel"][0]])
+    np.testing.assert_allclose(hc.read_feature(tmp_path / "o.h5", "Var Wavelet (3) over frequency")[0],
+                               rows.var(0), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- registry, errors
+def test_registry_extension_one_function_plus_config_name(store, tmp_path):
+    @hc.register("test_max_power")
+    def _max_power(ctx):
+        return [hc.Feature("Max Power (time)", ctx.mel.max(axis=2), "maximum over frames (dB)", {})]
+
+    try:
+        hc.build_store(None, store["dir"] / "mel.h5", tmp_path / "x.h5", {"features": ["test_max_power"],
+                                                                          "chunk_size": 4}, MEL_PARAMS)
+        np.testing.assert_allclose(hc.read_feature(tmp_path / "x.h5", "Max Power (time)"), store["mel"].max(2))
+    finally:
+        del hc.FEATURES["test_max_power"]
+
+
+def test_bad_config_and_inputs_give_clear_errors(store, tmp_path):
+    d = store["dir"]
+    with pytest.raises(ValueError, match=r"unknown feature families \['mfcc'\]; known: .*wavelet"):
+        hc.build_store(d / "clips.h5", d / "mel.h5", tmp_path / "e.h5", {"features": ["mfcc"]}, MEL_PARAMS)
+    with pytest.raises(ValueError, match="unknown keys"):
+        hc.check_params({"widths": [1]})
+    with pytest.raises(ValueError, match="dwt_wavelets.*db99"):
+        hc.check_params({"dwt_wavelets": ["db99"]})
+    with pytest.raises(ValueError, match="need the raw clips"):
+        hc.build_store(None, d / "mel.h5", tmp_path / "e.h5", {"features": ["rms"]}, MEL_PARAMS)
+    meta = make_meta(4)
+    write_clips(tmp_path / "short.h5", make_audio(4), meta)
+    with pytest.raises(ValueError, match="has 4 clips but"):
+        hc.build_store(tmp_path / "short.h5", d / "mel.h5", tmp_path / "e.h5", {"features": ["rms"]}, MEL_PARAMS)
+    assert not (tmp_path / "e.h5").exists()
+    with pytest.raises(KeyError, match="no feature 'Nope'; available"):
+        hc.read_feature(store["path"], "Nope")
+    with pytest.raises(CorruptOutputError):
+        hc.read_feature(d / "mel.h5", "RMS")
+
+
+def test_defaults_match_schema_and_config():
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    props = schema["properties"]["handcrafted"]["properties"]
+    assert {k: v["default"] for k, v in props.items()} == hc.DEFAULTS
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["handcrafted"]
+    assert set(cfg) == set(hc.DEFAULTS)
+    hc.check_params(cfg)
