@@ -1,1 +1,18 @@
-raise NotImplementedError('scripts/melspec.py is being written')
+"""Snakemake script of rule `melspec`: results/{dataset}/clips.h5 -> results/{dataset}/mel.h5 (dB mel-spectrograms)."""
+from pathlib import Path
+
+from deepfeat.io import get_logger
+from deepfeat.mel import build_mel_store
+
+
+def main(smk):
+    log = get_logger(smk.log[0])
+    try:
+        summary = build_mel_store(Path(smk.input.clips), Path(smk.output.mel), dict(smk.params.mel), log=log)
+    except Exception:
+        log.exception("melspec failed")
+        raise
+    log.info(f"done: {summary['shape']}, {summary['clips_per_s']:.1f} clips/s")
+
+
+main(snakemake)  # noqa: F821
