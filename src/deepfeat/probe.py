@@ -1,0 +1,771 @@
+"""Decoding probes: how well a feature (hand-crafted or a frozen CNN layer) decodes each task of a dataset.
+
+Definitions
+-----------
+* **Standardisation.** Every feature column is z-scored with the mean and the population standard deviation
+  (ddof 0) of the *training* split only, accumulated in float64; a column that is constant on the training
+  split gets std 1 (so it becomes 0 there, never NaN). The probes see float32 standardised features.
+* **Classification probe.** Multinomial logistic regression ``softmax(x W' + b)`` (``W``: C x d) trained
+  exactly like ``torch.nn.Linear(d, C)`` + ``CrossEntropyLoss`` (mean over the batch) + ``torch.optim.SGD(lr,
+  momentum)`` for ``epochs`` epochs of mini-batches of ``batch_size`` training clips (the last one smaller).
+  Initial weights and bias ~ U(-1/sqrt(d), 1/sqrt(d)) (nn.Linear's default) drawn from
+  ``torch.Generator().manual_seed(seed)``; the batch order of every epoch is exactly the one of
+  ``DataLoader(TensorDataset(X, y), batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))``
+  (tests check both against that reference). The gradient is written out in closed form
+  (d loss / d logits = (softmax - onehot) / B), so there is no autograd and no per-batch Python objects; the
+  training data stays on the device and batches are gathered by index. Many probes (features of the same
+  width x tasks x seeds) are trained at once as one batched model (``torch.bmm``); every probe's result is
+  independent of what it is batched with. Accuracy = fraction of clips whose arg-max class is the true one.
+* **Regression probe.** Ordinary least squares with an intercept in float64; test RMSE in the target's raw
+  units (MIDI pitch, velocity). When the model would have at least as many parameters as training clips
+  (p + 1 >= n_train) the fit is ridge regression solved in the dual (n x n) form with penalty
+  ``ridge * trace(K) / n_train`` (K = Xc Xc', Xc the centred training features), and the log says so.
+* **Tables** follow docs/formats.md: tidy scores (one row per value; accuracy as a fraction in [0, 1], rmse in
+  target units) and long confusion matrices of the test split (true x predicted counts, class names, zeros
+  kept).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from deepfeat.io import TEST, TRAIN, open_h5, pick_device, read_clip_table
+
+DEFAULTS = {
+    "epochs": 100,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "batch_size": 64,
+    "seeds": [0, 1, 2, 3, 4],
+    "ridge": 1.0e-3,
+    "concat_features": ["Mean Power (frequency)", "Time to -70 dB", "Mean Wavelet (25)", "Wavelet Combined"],
+    "device": "auto",
+}
+KEY_COLUMNS = ["dataset", "feature", "arch", "seed", "layer", "trained", "train_task", "probe_task", "probe_seed"]
+SCORE_COLUMNS = KEY_COLUMNS + ["metric", "split", "value"]
+CONFUSION_COLUMNS = KEY_COLUMNS + ["split", "true", "predicted", "count"]
+CONCAT_LAYER = "conv3"
+GROUP_BYTES = 256 * 2**20  # features of equal width are stacked into one batched model up to this size
+CHUNK_BYTES = 64 * 2**20  # float64 working chunks of the statistics / least-squares passes
+LSTSQ_BYTES = 256 * 2**20  # OLS through LAPACK gelsd (SVD) on CPU when the float64 design fits in this
+PROGRESS_SECONDS = 30.0  # epoch progress lines at most this often during long trainings
+
+_log = logging.getLogger("deepfeat")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------------------------------------
+def probe_params(params: dict | None) -> dict:
+    """The ``probe:`` config section with defaults filled in and values checked (ValueError names the key)."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"probe: unknown key(s) {unknown}; expected a subset of {sorted(DEFAULTS)}")
+    hp = {**DEFAULTS, **params}
+    for key in ("epochs", "batch_size"):
+        if not isinstance(hp[key], (int, np.integer)) or hp[key] < 1:
+            raise ValueError(f"probe.{key}: expected an integer >= 1, got {hp[key]!r}")
+    if not hp["lr"] > 0:
+        raise ValueError(f"probe.lr: expected a number > 0, got {hp['lr']!r}")
+    if not 0 <= hp["momentum"] <= 1:
+        raise ValueError(f"probe.momentum: expected a number in [0, 1], got {hp['momentum']!r}")
+    if not hp["ridge"] >= 0:
+        raise ValueError(f"probe.ridge: expected a number >= 0, got {hp['ridge']!r}")
+    seeds = hp["seeds"]
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, (int, np.integer)) for s in seeds):
+        raise ValueError(f"probe.seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"probe.seeds: seeds must be unique, got {seeds!r}")
+    hp["seeds"] = [int(s) for s in seeds]
+    hp["concat_features"] = list(hp["concat_features"] or [])
+    return hp
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Standardisation with training statistics
+# ----------------------------------------------------------------------------------------------------------
+def _rows_per_chunk(d: int) -> int:
+    return max(1, CHUNK_BYTES // (8 * max(1, d)))
+
+
+def _check_2d(X, what: str) -> None:
+    if getattr(X, "ndim", None) != 2:
+        raise ValueError(f"{what}: expected a 2-D (clips x features) array, got shape {getattr(X, 'shape', None)}")
+
+
+def train_stats(Xtr: np.ndarray, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and population std (ddof 0) in float64, two chunked passes; std 0 -> 1.
+
+    Raises ValueError naming ``name`` when a value is NaN or infinite.
+    """
+    _check_2d(Xtr, f"{name} (train)")
+    n, d = Xtr.shape
+    if n == 0:
+        raise ValueError(f"{name}: the training split is empty")
+    step = _rows_per_chunk(d)
+    total = np.zeros(d)
+    for i in range(0, n, step):
+        c = np.asarray(Xtr[i : i + step], dtype=np.float64)
+        if not np.isfinite(c).all():
+            bad = int((~np.isfinite(c)).sum())
+            raise ValueError(f"{name}: {bad} non-finite value(s) in training rows {i}..{i + len(c) - 1}")
+        total += c.sum(0)
+    mean = total / n
+    sq = np.zeros(d)
+    for i in range(0, n, step):
+        c = np.asarray(Xtr[i : i + step], dtype=np.float64) - mean
+        sq += np.einsum("ij,ij->j", c, c)
+    std = np.sqrt(sq / n)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def _apply_stats(X: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray, name: str) -> np.ndarray:
+    step = _rows_per_chunk(X.shape[1])
+    for i in range(0, X.shape[0], step):
+        c = np.asarray(X[i : i + step], dtype=np.float64)
+        if not np.isfinite(c).all():
+            raise ValueError(f"{name}: {int((~np.isfinite(c)).sum())} non-finite value(s) in rows {i}..")
+        out[i : i + step] = (c - mean) / std
+    return out
+
+
+def standardise(Xtr, Xte, *, name: str = "features", return_stats: bool = False, inplace: bool = False):
+    """Z-score both splits with the TRAINING split's column mean and std (float64 statistics).
+
+    Returns float32 ``(Ztr, Zte)`` (plus ``(mean, std)`` when ``return_stats``). Constant training columns
+    get std 1; NaN/inf inputs raise ValueError naming ``name``. ``inplace=True`` overwrites float32 numpy
+    inputs instead of allocating (used for large layers).
+    """
+    Xtr = Xtr.numpy() if isinstance(Xtr, torch.Tensor) else Xtr
+    Xte = Xte.numpy() if isinstance(Xte, torch.Tensor) else Xte
+    _check_2d(Xtr, f"{name} (train)")
+    _check_2d(Xte, f"{name} (test)")
+    if Xtr.shape[1] != Xte.shape[1]:
+        raise ValueError(f"{name}: train has {Xtr.shape[1]} columns but test has {Xte.shape[1]}")
+    mean, std = train_stats(Xtr, name)
+    outs = []
+    for X in (Xtr, Xte):
+        if inplace and isinstance(X, np.ndarray) and X.dtype == np.float32 and X.flags.writeable:
+            out = X
+        else:
+            out = np.empty(X.shape, dtype=np.float32)
+        outs.append(_apply_stats(X, mean, std, out, name))
+    return (outs[0], outs[1], mean, std) if return_stats else (outs[0], outs[1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Logistic regression: batched SGD with the closed-form gradient
+# ----------------------------------------------------------------------------------------------------------
+class _EpochOrder:
+    """The clip order of each epoch of ``DataLoader(..., shuffle=True, generator=Generator().manual_seed(seed))``.
+
+    Per epoch the DataLoader iterator draws one int64 base seed from the generator, then its RandomSampler
+    draws randperm(n) (the order used) and, when the epoch's iteration ends, one more randperm(n) that it
+    discards. Reproducing those draws makes our batches exactly the reference DataLoader's.
+    """
+
+    def __init__(self, seed: int):
+        self.g = torch.Generator().manual_seed(int(seed))
+
+    def next(self, n: int) -> torch.Tensor:
+        torch.empty((), dtype=torch.int64).random_(generator=self.g)
+        perm = torch.randperm(n, generator=self.g)
+        torch.randperm(n, generator=self.g)
+        return perm
+
+
+def init_linear(d: int, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial (C x d weight, C bias) ~ U(-1/sqrt(d), 1/sqrt(d)) from ``Generator().manual_seed(seed)`` (CPU)."""
+    g = torch.Generator().manual_seed(int(seed))
+    bound = 1.0 / math.sqrt(d)
+    w = torch.empty(n_classes, d).uniform_(-bound, bound, generator=g)
+    b = torch.empty(n_classes).uniform_(-bound, bound, generator=g)
+    return w, b
+
+
+def _as_group(X, device) -> torch.Tensor:
+    """(F, n, d) float32 tensor on ``device`` from an array (n, d), a list of F (n, d) arrays, or (F, n, d)."""
+    if isinstance(X, (list, tuple)):
+        parts = [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in X]
+        if len({tuple(x.shape) for x in parts}) != 1 or parts[0].ndim != 2:
+            raise ValueError(f"features: a group needs (n, d) arrays of one shape, got {[tuple(x.shape) for x in parts]}")
+        X = parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts, 0)
+    else:
+        X = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.asarray(X, dtype=np.float32))
+        if X.ndim == 2:
+            X = X.unsqueeze(0)
+    if X.ndim != 3:
+        raise ValueError(f"features: expected (n, d), (F, n, d) or a list of (n, d), got shape {tuple(X.shape)}")
+    return X.to(device=device, dtype=torch.float32).contiguous()
+
+
+def _as_labels(Y, n: int, n_classes: Sequence[int], what: str) -> np.ndarray:
+    Y = np.asarray(Y)
+    Y = Y[None] if Y.ndim == 1 else Y
+    if Y.ndim != 2 or Y.shape != (len(n_classes), n):
+        raise ValueError(f"{what}: expected {len(n_classes)} label vector(s) of length {n}, got shape {Y.shape}")
+    if not np.issubdtype(Y.dtype, np.integer):
+        raise ValueError(f"{what}: class codes must be integers, got dtype {Y.dtype}")
+    for k, c in enumerate(n_classes):
+        if n and (Y[k].min() < 0 or Y[k].max() >= c):
+            raise ValueError(f"{what}: codes of task {k} must lie in [0, {c}), got [{Y[k].min()}, {Y[k].max()}]")
+    return Y.astype(np.int64)
+
+
+def _class_mask(n_classes: Sequence[int], device) -> torch.Tensor | None:
+    """(K, Cmax, 1) additive logit mask: -inf on the padded classes of narrower tasks (they never win and get
+    zero gradient), None when every task has Cmax classes."""
+    cmax = max(n_classes)
+    if all(c == cmax for c in n_classes):
+        return None
+    mask = torch.zeros(len(n_classes), cmax, 1)
+    for k, c in enumerate(n_classes):
+        mask[k, c:] = -math.inf
+    return mask.to(device)
+
+
+def _train_group(XF: torch.Tensor, Ytr: np.ndarray, n_classes: Sequence[int], seeds: Sequence[int], hp: dict,
+                 log: logging.Logger | None = None, label: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """SGD for F x S x K probes at once. XF (F, n, d): standardised training features; Ytr (K, n) codes.
+
+    Layout (chosen for speed on CPU, measured in bench/bench_probe.py): probe block j = f * S + s; weights
+    Wt (F*S, K*Cmax, d) (nn.Linear's C x d per task), logits computed transposed (F*S, K*Cmax, B) so the
+    softmax over the small class axis runs vectorised along the batch. Returns (Wt, bt (F*S, K*Cmax, 1)).
+    """
+    F, n, d = XF.shape
+    K, S, cmax = len(n_classes), len(seeds), max(n_classes)
+    KC, dev = K * cmax, XF.device
+    mask = _class_mask(n_classes, dev)
+    onehot = torch.zeros(K, cmax, n, device=dev)  # (K, Cmax, n)
+    onehot.scatter_(1, torch.as_tensor(Ytr, device=dev).unsqueeze(1), 1.0)
+    Wt = torch.zeros(S, K, cmax, d)
+    bt = torch.zeros(S, K, cmax)
+    for si, s in enumerate(seeds):
+        for k, c in enumerate(n_classes):
+            Wt[si, k, :c], bt[si, k, :c] = init_linear(d, c, s)
+    Wt = Wt.view(S, KC, d).repeat(F, 1, 1).to(dev)  # block f*S+s starts from seed s's initial weights
+    bt = bt.view(S, KC, 1).repeat(F, 1, 1).to(dev)
+    vW, vb = torch.zeros_like(Wt), torch.zeros_like(bt)
+    lr, mu, bs, epochs = float(hp["lr"]), float(hp["momentum"]), int(hp["batch_size"]), int(hp["epochs"])
+    orders = [_EpochOrder(s) for s in seeds]
+    t0 = last = time.perf_counter()
+    for epoch in range(epochs):
+        perm = torch.stack([o.next(n) for o in orders]).to(dev)  # (S, n)
+        for start in range(0, n, bs):
+            idx = perm[:, start : start + bs].reshape(-1)  # (S*B,) seed-major
+            B = idx.numel() // S
+            Xb = XF.index_select(1, idx).view(F * S, B, d)  # rows of probe block f*S+s
+            z = torch.baddbmm(bt, Wt, Xb.transpose(1, 2))  # (F*S, KC, B) logits
+            if mask is not None:
+                z = (z.view(F * S, K, cmax, B) + mask).view(F * S, KC, B)
+            G = torch.softmax(z.view(F, S, K, cmax, B), dim=3)
+            G.sub_(onehot.index_select(2, idx).view(K, cmax, S, B).permute(2, 0, 1, 3)).div_(B)  # dCE/dlogits
+            G = G.view(F * S, KC, B)
+            vW.mul_(mu).add_(torch.bmm(G, Xb))
+            vb.mul_(mu).add_(G.sum(2, keepdim=True))
+            Wt.add_(vW, alpha=-lr)
+            bt.add_(vb, alpha=-lr)
+        now = time.perf_counter()
+        if log is not None and now - last >= PROGRESS_SECONDS and epoch + 1 < epochs:
+            log.info(f"  {label}: epoch {epoch + 1}/{epochs}, {now - t0:.0f} s")
+            last = now
+    if not torch.isfinite(Wt).all():
+        raise FloatingPointError(f"{label}: logistic-regression weights diverged (lr {lr} too large?)")
+    return Wt, bt
+
+
+@torch.no_grad()
+def _predict_group(XF: torch.Tensor, Wt: torch.Tensor, bt: torch.Tensor, n_classes: Sequence[int], S: int) -> np.ndarray:
+    """Arg-max class codes (S, F, K, n) of every probe on XF (F, n, d)."""
+    F, n, d = XF.shape
+    K, cmax = len(n_classes), max(n_classes)
+    mask = _class_mask(n_classes, XF.device)
+    mask = None if mask is None else mask[..., 0]
+    out = torch.empty(S, F, K, n, dtype=torch.int64)
+    W = Wt.view(F, S * K * cmax, d)
+    b = bt.view(F, S * K * cmax)
+    step = max(1, CHUNK_BYTES // (4 * max(d, S * K * cmax)))
+    for f in range(F):
+        for i in range(0, n, step):
+            z = torch.addmm(b[f], XF[f, i : i + step], W[f].T).view(-1, S, K, cmax)
+            if mask is not None:
+                z = z + mask
+            out[:, f, :, i : i + step] = z.argmax(-1).permute(1, 2, 0).cpu()
+    return out.numpy()
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C x C) int64 counts, rows = true class, columns = predicted class."""
+    flat = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def fit_logistic_many(Xtr, Ytr, Xte, Yte, n_classes: Sequence[int], seeds: Sequence[int], params: dict, *,
+                      device=None, log: logging.Logger | None = None, label: str = "probes") -> dict:
+    """Train S x F x K logistic probes as one batched model on ALREADY STANDARDISED float features.
+
+    ``Xtr``/``Xte``: (n, d), a list of F (n, d) arrays of equal width d, or (F, n, d) (F features);
+    ``Ytr``/``Yte``: (K, n) int class codes (K classification tasks, or (n,) for one); ``n_classes``: K
+    class counts; ``seeds``: S probe seeds. Returns arrays indexed [s, f, k]: ``train_acc``, ``test_acc``
+    (fractions), ``pred_test`` (S, F, K, n_test), ``confusion`` (nested list [s][f][k] of C_k x C_k),
+    ``weight`` (S, F, K, Cmax, d) and ``bias`` (S, F, K, Cmax) (task k uses the first C_k rows), and
+    ``seconds`` (wall time of the whole batch).
+    """
+    hp = probe_params(params)
+    n_classes = [int(c) for c in n_classes]
+    if not n_classes or min(n_classes) < 1:
+        raise ValueError(f"{label}: n_classes must be a non-empty list of counts >= 1, got {n_classes}")
+    dev = pick_device(hp["device"]) if device is None else torch.device(device)
+    t0 = time.perf_counter()
+    XF_tr, XF_te = _as_group(Xtr, dev), _as_group(Xte, dev)
+    F, n_tr, d = XF_tr.shape
+    if (XF_te.shape[0], XF_te.shape[2]) != (F, d):
+        raise ValueError(f"{label}: train features {tuple(XF_tr.shape)} and test {tuple(XF_te.shape)} differ in width")
+    if n_tr == 0:
+        raise ValueError(f"{label}: no training clips")
+    Ytr = _as_labels(Ytr, n_tr, n_classes, f"{label} (train labels)")
+    Yte = _as_labels(Yte, XF_te.shape[1], n_classes, f"{label} (test labels)")
+    seeds = [int(s) for s in seeds]
+    S, K, cmax = len(seeds), len(n_classes), max(n_classes)
+    Wt, bt = _train_group(XF_tr, Ytr, n_classes, seeds, hp, log, label)
+    ptr = _predict_group(XF_tr, Wt, bt, n_classes, S)
+    pte = _predict_group(XF_te, Wt, bt, n_classes, S)
+    train_acc = (ptr == Ytr[None, None]).mean(-1)
+    test_acc = (pte == Yte[None, None]).mean(-1) if Yte.shape[1] else np.full(pte.shape[:3], np.nan)
+    conf = [[[confusion_matrix(Yte[k], pte[s, f, k], c) for k, c in enumerate(n_classes)]
+             for f in range(F)] for s in range(S)]
+    weight = Wt.view(F, S, K, cmax, d).transpose(0, 1).cpu()
+    bias = bt.view(F, S, K, cmax).transpose(0, 1).cpu()
+    return {"train_acc": train_acc, "test_acc": test_acc, "pred_test": pte, "confusion": conf,
+            "weight": weight, "bias": bias, "seconds": time.perf_counter() - t0}
+
+
+def fit_logistic(Xtr, ytr, Xte, yte, n_classes: int, seed: int, params: dict) -> dict:
+    """One multinomial logistic probe (see module doc): standardise with training stats, SGD, evaluate.
+
+    Returns ``train_acc``, ``test_acc`` (fractions in [0, 1]), ``confusion`` (C x C int64, rows true,
+    columns predicted, test split) and ``pred`` (predicted test codes), plus ``weight`` (C x d), ``bias`` (C)
+    of the model on the standardised features.
+    """
+    Ztr, Zte = standardise(Xtr, Xte)
+    r = fit_logistic_many(Ztr, np.asarray(ytr)[None], Zte, np.asarray(yte)[None], [n_classes], [seed], params,
+                          label="logistic probe")
+    return {"train_acc": float(r["train_acc"][0, 0, 0]), "test_acc": float(r["test_acc"][0, 0, 0]),
+            "confusion": r["confusion"][0][0][0], "pred": r["pred_test"][0, 0, 0],
+            "weight": r["weight"][0, 0, 0].clone(), "bias": r["bias"][0, 0, 0].clone()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Linear regression: OLS (float64), dual ridge when p + 1 >= n
+# ----------------------------------------------------------------------------------------------------------
+def _tensor(X, device) -> torch.Tensor:
+    X = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(X))
+    return X.to(device)
+
+
+def _pinv_solve(A: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm solution of the symmetric PSD system A X = R (eigenvalues below 1e-12 * max dropped)."""
+    lam, V = torch.linalg.eigh(A)
+    keep = lam > 1e-12 * lam.max().clamp_min(0)
+    return V[:, keep] @ ((V[:, keep].T @ R) / lam[keep].unsqueeze(1))
+
+
+def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None) -> dict:
+    """Linear regression with an intercept in float64; RMSE in the targets' units.
+
+    * p + 1 < n_train: ordinary least squares (minimum-norm if the design is rank deficient): LAPACK gelsd on
+      the centred design when it fits in ``LSTSQ_BYTES`` on the CPU, else the normal equations (Gram matrix
+      accumulated in float64 chunks, Cholesky, eigen-pseudo-inverse if singular).
+    * p + 1 >= n_train (features outnumber the clips): ridge in the dual form, alpha = (K + lam I)^-1 yc with
+      K = Xc Xc' and lam = ``ridge`` * trace(K) / n_train; ``ridge`` 0 gives the minimum-norm interpolant.
+
+    ``ytr``/``yte`` may be (n,) or (n, T) (T targets fitted with one factorisation). Returns ``train_rmse``,
+    ``test_rmse`` (floats, or (T,) arrays for 2-D targets), ``pred`` (float64 test predictions, shaped like
+    ``yte``), ``ridge_used`` (the absolute penalty lam, 0.0 for OLS), ``method`` ('ols' or 'ridge_dual'),
+    ``coef`` (p or p x T), ``intercept``.
+    """
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    _check_2d(Xtr, "regression features (train)")
+    _check_2d(Xte, "regression features (test)")
+    n, p = Xtr.shape
+    if Xte.shape[1] != p:
+        raise ValueError(f"regression features: train has {p} columns but test has {Xte.shape[1]}")
+    if n < 2:
+        raise ValueError(f"regression: need at least 2 training clips, got {n}")
+    if ridge < 0:
+        raise ValueError(f"ridge: expected >= 0, got {ridge}")
+    ytr, yte = np.asarray(ytr, dtype=np.float64), np.asarray(yte, dtype=np.float64)
+    one = ytr.ndim == 1
+    Y, Yt = (ytr[:, None], yte[:, None]) if one else (ytr, yte)
+    if Y.ndim != 2 or Yt.ndim != 2 or len(Y) != n or len(Yt) != Xte.shape[0] or Y.shape[1] != Yt.shape[1]:
+        raise ValueError(f"regression targets: expected ({n}[, T]) and ({Xte.shape[0]}[, T]), "
+                         f"got {ytr.shape} and {yte.shape}")
+    if not (np.isfinite(Y).all() and np.isfinite(Yt).all()):
+        raise ValueError("regression targets: NaN or infinite values")
+    Xtr, Xte = _tensor(Xtr, dev), _tensor(Xte, dev)
+    Y, Yt = torch.as_tensor(Y, device=dev), torch.as_tensor(Yt, device=dev)
+    rows = _rows_per_chunk(p)
+    mu = torch.zeros(p, dtype=torch.float64, device=dev)
+    for i in range(0, n, rows):
+        mu += Xtr[i : i + rows].double().sum(0)
+    mu /= n
+    if not torch.isfinite(mu).all():
+        raise ValueError("regression features (train): NaN or infinite values")
+    ybar = Y.mean(0)
+    Yc = Y - ybar
+    if p + 1 < n:
+        method, lam = "ols", 0.0
+        if dev.type == "cpu" and n * p * 8 <= LSTSQ_BYTES:
+            coef = torch.linalg.lstsq(Xtr.double() - mu, Yc, driver="gelsd").solution
+        else:
+            G = torch.zeros(p, p, dtype=torch.float64, device=dev)
+            R = torch.zeros(p, Y.shape[1], dtype=torch.float64, device=dev)
+            for i in range(0, n, rows):
+                C = Xtr[i : i + rows].double() - mu
+                G.addmm_(C.T, C)
+                R.addmm_(C.T, Yc[i : i + rows])
+            live = torch.diagonal(G) > 0  # constant columns carry no information
+            coef = torch.zeros(p, Y.shape[1], dtype=torch.float64, device=dev)
+            Gl = G[live][:, live]
+            L, info = torch.linalg.cholesky_ex(Gl)
+            coef[live] = torch.cholesky_solve(R[live], L) if int(info) == 0 else _pinv_solve(Gl, R[live])
+        pred_tr = torch.cat([(Xtr[i : i + rows].double() - mu) @ coef for i in range(0, n, rows)])
+    else:
+        method = "ridge_dual"
+        cols = max(1, CHUNK_BYTES // (8 * n))
+        K = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        for a in range(0, p, cols):
+            C = Xtr[:, a : a + cols].double() - mu[a : a + cols]
+            K.addmm_(C, C.T)
+        lam = float(ridge) * float(torch.trace(K)) / n
+        if lam > 0:
+            Kr = K.clone()
+            Kr.diagonal().add_(lam)
+            alpha = torch.cholesky_solve(Yc, torch.linalg.cholesky(Kr))
+        else:
+            alpha = _pinv_solve(K, Yc)
+        coef = torch.empty(p, Y.shape[1], dtype=torch.float64, device=dev)
+        for a in range(0, p, cols):
+            coef[a : a + cols] = (Xtr[:, a : a + cols].double() - mu[a : a + cols]).T @ alpha
+        pred_tr = K @ alpha
+    pred_tr = pred_tr + ybar
+    n_te = Xte.shape[0]
+    pred_te = torch.cat([(Xte[i : i + rows].double() - mu) @ coef for i in range(0, n_te, rows)]
+                        or [torch.zeros(0, Y.shape[1], dtype=torch.float64, device=dev)]) + ybar
+    if not torch.isfinite(pred_te).all():
+        raise ValueError("regression features (test): NaN or infinite values")
+    rmse_tr = torch.sqrt(torch.mean((pred_tr - Y) ** 2, 0)).cpu().numpy()
+    rmse_te = (torch.sqrt(torch.mean((pred_te - Yt) ** 2, 0)).cpu().numpy() if n_te
+               else np.full(Y.shape[1], np.nan))
+    intercept = (ybar - mu @ coef).cpu().numpy()
+    coef, pred_te = coef.cpu().numpy(), pred_te.cpu().numpy()
+    if one:
+        rmse_tr, rmse_te, coef, pred_te, intercept = (float(rmse_tr[0]), float(rmse_te[0]), coef[:, 0],
+                                                      pred_te[:, 0], float(intercept[0]))
+    return {"train_rmse": rmse_tr, "test_rmse": rmse_te, "pred": pred_te, "ridge_used": lam, "method": method,
+            "coef": coef, "intercept": intercept}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input files
+# ----------------------------------------------------------------------------------------------------------
+def read_labels(mel_h5) -> tuple[np.ndarray, list[dict], str]:
+    """(split (N,) uint8, tasks with ``y`` (codes or values) and ``classes``, main task) from ``mel.h5``."""
+    with open_h5(mel_h5, "mel") as f:
+        df, tasks, main = read_clip_table(f)
+    split = df["split"].to_numpy()
+    bad = ~np.isin(split, (TRAIN, TEST))
+    if bad.any():
+        raise ValueError(f"{mel_h5}: meta/split must be 0 (train) or 1 (test); found {sorted(set(split[bad]))}")
+    if not (split == TRAIN).any() or not (split == TEST).any():
+        raise ValueError(f"{mel_h5}: the split needs both train and test clips "
+                         f"({int((split == TRAIN).sum())} train, {int((split == TEST).sum())} test)")
+    for t in tasks:
+        if t["type"] == "classification":
+            t["y"] = df[t["name"] + "_code"].to_numpy(dtype=np.int64)
+        elif t["type"] == "regression":
+            t["y"] = df[t["name"]].to_numpy(dtype=np.float64)
+            if not np.isfinite(t["y"]).all():
+                raise ValueError(f"{mel_h5}: labels/{t['name']} has NaN or infinite values")
+        else:
+            raise ValueError(f"{mel_h5}: labels/{t['name']} has unknown type {t['type']!r}")
+    return split, tasks, main
+
+
+def _handcrafted_index(f, path, n: int) -> dict[str, dict]:
+    """display name -> {key, d} of every feature in an open handcrafted.h5 (rows checked against n)."""
+    if "features" not in f:
+        raise ValueError(f"{path}: no 'features' group")
+    out = {}
+    for key, ds in f["features"].items():
+        if ds.ndim != 2 or ds.shape[0] != n:
+            raise ValueError(f"{path}: features/{key} has shape {ds.shape}; expected ({n}, d) rows aligned with mel.h5")
+        name = ds.attrs.get("name", key)
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if name in out:
+            raise ValueError(f"{path}: display name {name!r} used by features/{out[name]['key']} and features/{key}")
+        out[name] = {"key": key, "d": int(ds.shape[1])}
+    if not out:
+        raise ValueError(f"{path}: the 'features' group is empty")
+    return out
+
+
+def _load_split(ds, split: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read an (N x d) dataset in row chunks straight into float32 (train, test) arrays, then standardise them
+    in place: peak memory is the feature itself plus one chunk."""
+    n, d = ds.shape
+    tr = split == TRAIN
+    Xtr = np.empty((int(tr.sum()), d), dtype=np.float32)
+    Xte = np.empty((n - len(Xtr), d), dtype=np.float32)
+    step = _rows_per_chunk(d)
+    i_tr = i_te = 0
+    for i in range(0, n, step):
+        c = np.asarray(ds[i : i + step], dtype=np.float32)
+        m = tr[i : i + step]
+        Xtr[i_tr : i_tr + m.sum()] = c[m]
+        Xte[i_te : i_te + (~m).sum()] = c[~m]
+        i_tr, i_te = i_tr + int(m.sum()), i_te + int((~m).sum())
+    return standardise(Xtr, Xte, name=what, inplace=True)
+
+
+def _groups(items: list[dict], n: int) -> list[list[dict]]:
+    """Split items (each with width ``d``) into batches of equal width whose stacked size fits GROUP_BYTES."""
+    by_d: dict[int, list[dict]] = defaultdict(list)
+    for it in items:
+        by_d[it["d"]].append(it)
+    out = []
+    for d, its in by_d.items():
+        per = max(1, GROUP_BYTES // max(1, 4 * n * d))
+        out += [its[i : i + per] for i in range(0, len(its), per)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tidy tables
+# ----------------------------------------------------------------------------------------------------------
+class _Tables:
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.scores: list[dict] = []
+        self.confusion: list[tuple[dict, list[str], np.ndarray]] = []
+
+    def keys(self, feature, probe_task, probe_seed="", arch="", seed="", layer="", trained="", train_task=""):
+        return {"dataset": self.dataset, "feature": feature, "arch": arch, "seed": seed, "layer": layer,
+                "trained": trained, "train_task": train_task, "probe_task": probe_task, "probe_seed": probe_seed}
+
+    def add_scores(self, keys: dict, metric: str, train: float, test: float) -> None:
+        self.scores.append({**keys, "metric": metric, "split": "train", "value": float(train)})
+        self.scores.append({**keys, "metric": metric, "split": "test", "value": float(test)})
+
+    def add_confusion(self, keys: dict, classes: list[str], cm: np.ndarray) -> None:
+        self.confusion.append((keys, list(classes), np.asarray(cm)))
+
+    def frames(self, features: list[str], tasks: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Both tables, rows ordered by feature (as given), trained before untrained, task (as given); the
+        order therefore does not depend on how probes were grouped for training."""
+        scores = pd.DataFrame(self.scores, columns=SCORE_COLUMNS)
+        sizes = np.array([len(c) ** 2 for _, c, _ in self.confusion], dtype=np.int64)
+        cols = {k: np.repeat(np.array([keys[k] for keys, _, _ in self.confusion], dtype=object), sizes)
+                for k in KEY_COLUMNS}
+        cols["split"] = np.full(int(sizes.sum()), "test", dtype=object)
+        cls = [np.asarray(c, dtype=object) for _, c, _ in self.confusion]
+        cols["true"] = np.concatenate([np.repeat(c, len(c)) for c in cls] or [np.empty(0, object)])
+        cols["predicted"] = np.concatenate([np.tile(c, len(c)) for c in cls] or [np.empty(0, object)])
+        cols["count"] = np.concatenate([cm.reshape(-1) for _, _, cm in self.confusion] or [np.empty(0, np.int64)])
+        conf = pd.DataFrame(cols, columns=CONFUSION_COLUMNS)
+        return self._sorted(scores, features, tasks), self._sorted(conf[CONFUSION_COLUMNS], features, tasks)
+
+    @staticmethod
+    def _sorted(df: pd.DataFrame, features: list[str], tasks: list[str]) -> pd.DataFrame:
+        rank = {"feature": {v: i for i, v in enumerate(features)}, "trained": {"": 0, "trained": 0, "untrained": 1},
+                "probe_task": {v: i for i, v in enumerate(tasks)}}
+        keys = pd.DataFrame({c: df[c].map(r) for c, r in rank.items()})
+        order = keys.sort_values(list(rank), kind="stable").index
+        return df.loc[order].reset_index(drop=True)
+
+
+def _run_group(tables: _Tables, feats: list[dict], Ztr: list[np.ndarray], Zte: list[np.ndarray], split: np.ndarray,
+               tasks: list[dict], seeds: list[int], hp: dict, dev, log: logging.Logger) -> None:
+    """Probe F equal-width standardised features (``feats[i]['keys']`` -> table keys) on the given tasks."""
+    cls = [t for t in tasks if t["type"] == "classification"]
+    reg = [t for t in tasks if t["type"] == "regression"]
+    tr, te = split == TRAIN, split == TEST
+    F, d = len(feats), Ztr[0].shape[1]
+    if cls:
+        n_classes = [len(t["classes"]) for t in cls]
+        label = f"{F} feature(s) of width {d} x {len(cls)} task(s) x {len(seeds)} seed(s)"
+        r = fit_logistic_many(Ztr, np.stack([t["y"][tr] for t in cls]), Zte, np.stack([t["y"][te] for t in cls]),
+                              n_classes, seeds, hp, device=dev, log=log, label=label)
+        per = r["seconds"] / (F * len(cls) * len(seeds))
+        log.info(f"trained {label} = {F * len(cls) * len(seeds)} logistic probes in {r['seconds']:.1f} s")
+        for fi, ft in enumerate(feats):
+            for k, t in enumerate(cls):
+                for si, s in enumerate(seeds):
+                    keys = ft["keys"](t["name"], s)
+                    a_tr, a_te = r["train_acc"][si, fi, k], r["test_acc"][si, fi, k]
+                    tables.add_scores(keys, "accuracy", a_tr, a_te)
+                    tables.add_confusion(keys, t["classes"], r["confusion"][si][fi][k])
+                    log.info(f"probe {ft['label']} | task {t['name']} | seed {s} | {per:.2f} s (batched) | "
+                             f"accuracy train {a_tr:.4f} test {a_te:.4f} (majority {t['chance']:.4f})")
+    if not reg:
+        return
+    Ytr = np.stack([t["y"][tr] for t in reg], 1)
+    Yte = np.stack([t["y"][te] for t in reg], 1)
+    for fi, ft in enumerate(feats):
+        t0 = time.perf_counter()
+        r = fit_linear(Ztr[fi], Ytr, Zte[fi], Yte, hp["ridge"], device=dev)  # all regression tasks at once
+        sec = (time.perf_counter() - t0) / len(reg)
+        how = ("OLS" if r["method"] == "ols" else
+               f"{d} features >= {int(tr.sum())} - 1 training clips: dual ridge, penalty {r['ridge_used']:.4g}")
+        for k, t in enumerate(reg):
+            tables.add_scores(ft["keys"](t["name"], ""), "rmse", r["train_rmse"][k], r["test_rmse"][k])
+            log.info(f"probe {ft['label']} | task {t['name']} | {sec:.2f} s | {how} | "
+                     f"rmse train {r['train_rmse'][k]:.4f} test {r['test_rmse'][k]:.4f}")
+
+
+def _chance(tasks: list[dict], split: np.ndarray) -> None:
+    te = split == TEST
+    for t in tasks:
+        if t["type"] == "classification":
+            counts = np.bincount(t["y"][te], minlength=len(t["classes"]))
+            t["chance"] = counts.max() / max(1, counts.sum())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------
+def probe_handcrafted(features_h5, mel_h5, params: dict, dataset: str, log: logging.Logger | None = None):
+    """Every hand-crafted feature x every task x the probe seeds (classification; regression is deterministic).
+
+    Returns (scores, confusion) tidy DataFrames in the layout of docs/formats.md.
+    """
+    log = log or _log
+    hp = probe_params(params)
+    dev = pick_device(hp["device"])
+    split, tasks, _ = read_labels(mel_h5)
+    _chance(tasks, split)
+    n, n_tr = len(split), int((split == TRAIN).sum())
+    tables = _Tables(dataset)
+    t0 = time.perf_counter()
+    with open_h5(features_h5, "handcrafted") as f:
+        index = _handcrafted_index(f, features_h5, n)
+        log.info(f"{dataset}: {len(index)} hand-crafted features, {n} clips ({n_tr} train, {n - n_tr} test), "
+                 f"tasks {[t['name'] for t in tasks]}, seeds {hp['seeds']}, {hp['epochs']} epochs, device {dev}")
+        items = [{"name": name, **v} for name, v in index.items()]
+        for group in _groups(items, n):
+            Ztr, Zte, feats = [], [], []
+            for it in group:
+                a, b = _load_split(f["features"][it["key"]], split, f"{features_h5}: features/{it['key']}")
+                Ztr.append(a)
+                Zte.append(b)
+                feats.append({"label": it["name"],
+                              "keys": lambda task, s, name=it["name"]: tables.keys(name, task, s)})
+            _run_group(tables, feats, Ztr, Zte, split, tasks, hp["seeds"], hp, dev, log)
+    log.info(f"{dataset}: hand-crafted probes done in {time.perf_counter() - t0:.1f} s")
+    return tables.frames(list(index), [t["name"] for t in tasks])
+
+
+def _deep_meta(f, path) -> tuple[str, int, str, list[str]]:
+    try:
+        arch, seed, task = str(f.attrs["arch"]), int(f.attrs["seed"]), str(f.attrs["task"])
+        layers = f.attrs["layers"]
+        layers = json.loads(layers) if isinstance(layers, (str, bytes)) else [str(x) for x in layers]
+    except KeyError as e:
+        raise ValueError(f"{path}: missing root attribute {e} (expected arch, seed, task, layers)") from None
+    m = re.fullmatch(r"seed(\d+)\.h5", Path(path).name)
+    if m and int(m.group(1)) != seed:
+        raise ValueError(f"{path}: root attr seed={seed} contradicts the file name (seed {m.group(1)})")
+    for which in ("trained", "untrained"):
+        if which not in f:
+            raise ValueError(f"{path}: group '{which}/' missing")
+        missing = [layer for layer in layers if layer not in f[which]]
+        if missing:
+            raise ValueError(f"{path}: {which}/ lacks layer(s) {missing} listed in attrs 'layers' {layers}")
+    return arch, seed, task, layers
+
+
+def probe_deep(deep_h5, features_h5, mel_h5, params: dict, dataset: str, log: logging.Logger | None = None):
+    """Probe one model file: every layer, trained and untrained, on EVERY task (probe seed = model seed), plus
+    trained ``conv3`` concatenated with each ``concat_features`` hand-crafted feature on the main task.
+
+    Returns (scores, confusion) tidy DataFrames in the layout of docs/formats.md.
+    """
+    log = log or _log
+    hp = probe_params(params)
+    dev = pick_device(hp["device"])
+    split, tasks, main = read_labels(mel_h5)
+    _chance(tasks, split)
+    n, n_tr = len(split), int((split == TRAIN).sum())
+    main_task = [t for t in tasks if t["name"] == main]
+    if not main_task or main_task[0]["type"] != "classification":
+        raise ValueError(f"{mel_h5}: main task {main!r} is not a classification task of the clip table")
+    tables = _Tables(dataset)
+    t0 = time.perf_counter()
+    with open_h5(deep_h5, "deep") as f, open_h5(features_h5, "handcrafted") as hf:
+        arch, seed, train_task, layers = _deep_meta(f, deep_h5)
+        hc = _handcrafted_index(hf, features_h5, n)
+        concat = hp["concat_features"]
+        missing = [c for c in concat if c not in hc]
+        if missing:
+            raise ValueError(f"probe.concat_features: {missing} not found in {features_h5}; "
+                             f"available display names: {sorted(hc)}")
+        if concat and CONCAT_LAYER not in layers:
+            raise ValueError(f"{deep_h5}: the concatenation experiment needs layer {CONCAT_LAYER!r}, the file has "
+                             f"{layers}; add it to deep.layers or set probe.concat_features: []")
+        log.info(f"{dataset}: {arch} seed {seed} trained on {train_task}: layers {layers}, {n} clips ({n_tr} train), "
+                 f"probe tasks {[t['name'] for t in tasks]}, {hp['epochs']} epochs, device {dev}")
+        for layer in layers:
+            items = []
+            for which in ("trained", "untrained"):
+                ds = f[which][layer]
+                if ds.ndim != 2 or ds.shape[0] != n:
+                    raise ValueError(f"{deep_h5}: {which}/{layer} has shape {ds.shape}; expected ({n}, d)")
+                items.append({"which": which, "d": int(ds.shape[1])})
+            keep_conv3 = None
+            for group in _groups(items, n):
+                Ztr, Zte, feats = [], [], []
+                for it in group:
+                    a, b = _load_split(f[it["which"]][layer], split, f"{deep_h5}: {it['which']}/{layer}")
+                    Ztr.append(a)
+                    Zte.append(b)
+                    feats.append({"label": f"{arch} {layer} ({it['which']})",
+                                  "keys": lambda task, s, w=it["which"], lay=layer: tables.keys(
+                                      f"{arch} {lay}", task, s, arch, seed, lay, w, train_task)})
+                    if layer == CONCAT_LAYER and it["which"] == "trained":
+                        keep_conv3 = (a, b)
+                _run_group(tables, feats, Ztr, Zte, split, tasks, [seed], hp, dev, log)
+            if keep_conv3 is not None and concat:
+                _run_concat(tables, keep_conv3, hf, hc, concat, split, main_task, arch, seed, train_task, hp, dev,
+                            log, features_h5)
+    log.info(f"{dataset}: deep probes of {arch} seed {seed} done in {time.perf_counter() - t0:.1f} s")
+    order = [f"{arch} {layer}" for layer in layers] + [f"{arch} {CONCAT_LAYER} + {c}" for c in concat]
+    return tables.frames(order, [t["name"] for t in tasks])
+
+
+def _run_concat(tables, conv3, hf, hc, concat, split, main_task, arch, seed, train_task, hp, dev, log, path):
+    """Trained conv3 + each hand-crafted feature (each standardised separately, columns concatenated)."""
+    c_tr, c_te = conv3
+    items = [{"name": name, "d": c_tr.shape[1] + hc[name]["d"]} for name in concat]
+    for group in _groups(items, len(split)):
+        Ztr, Zte, feats = [], [], []
+        for it in group:
+            key = hc[it["name"]]["key"]
+            a, b = _load_split(hf["features"][key], split, f"{path}: features/{key}")
+            Ztr.append(np.concatenate([c_tr, a], axis=1))
+            Zte.append(np.concatenate([c_te, b], axis=1))
+            label = f"{arch} {CONCAT_LAYER} + {it['name']}"
+            feats.append({"label": label, "keys": lambda task, s, lab=label: tables.keys(
+                lab, task, s, arch, seed, CONCAT_LAYER, "trained", train_task)})
+        _run_group(tables, feats, Ztr, Zte, split, main_task, [seed], hp, dev, log)

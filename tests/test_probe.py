@@ -1,0 +1,373 @@
+"""Decoding probes: exactness of the SGD protocol and of OLS, standardisation, and the tidy output tables."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import deepfeat.probe as probe
+from deepfeat.io import write_h5
+from deepfeat.probe import (CONFUSION_COLUMNS, SCORE_COLUMNS, fit_linear, fit_logistic, fit_logistic_many,
+                            init_linear, probe_deep, probe_handcrafted, standardise)
+from conftest import write_fake_mel
+
+FAST = {"epochs": 100, "seeds": [0, 1], "device": "cpu"}
+
+
+def blobs(n, d, n_classes, sep, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    centres = rng.normal(0, sep, (n_classes, d))
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+# ------------------------------------------------------------------------------------------------ logistic
+def test_separable_data_is_decoded_perfectly():
+    X, y = blobs(400, 6, 3, sep=8.0, seed=0)
+    r = fit_logistic(X[:300], y[:300], X[300:], y[300:], 3, seed=0, params=FAST)
+    assert r["train_acc"] >= 0.99 and r["test_acc"] >= 0.98
+    assert r["confusion"].sum() == 100 and r["pred"].shape == (100,)
+
+
+def test_random_labels_give_chance_on_test():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1000, 10)).astype(np.float32)
+    y = rng.integers(0, 4, 1000)
+    r = fit_logistic(X[:600], y[:600], X[600:], y[600:], 4, seed=0, params=FAST)
+    assert abs(r["test_acc"] - 0.25) < 0.08  # 400 test clips: sd of chance accuracy ~0.022
+
+
+def test_sgd_matches_dataloader_linear_sgd_reference():
+    """Same init and seed: our closed-form batched SGD equals nn.Linear + CrossEntropyLoss + optim.SGD + DataLoader."""
+    X, y = blobs(200, 7, 4, sep=1.0, seed=2)
+    Z, _ = standardise(X, X[:5])
+    r = fit_logistic(X, y, X[:5], y[:5], 4, seed=5, params={"epochs": 4, "device": "cpu"})
+    lin = torch.nn.Linear(7, 4)
+    w, b = init_linear(7, 4, 5)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.01, momentum=0.9)
+    dl = DataLoader(TensorDataset(torch.from_numpy(Z), torch.from_numpy(y)), batch_size=64, shuffle=True,
+                    generator=torch.Generator().manual_seed(5))
+    for _ in range(4):
+        for xb, yb in dl:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(xb), yb).backward()
+            opt.step()
+    torch.testing.assert_close(r["weight"], lin.weight.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(r["bias"], lin.bias.detach(), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(r["weight"], w)  # it did train
+
+
+def test_determinism_for_a_seed():
+    X, y = blobs(150, 5, 3, sep=1.0, seed=3)
+    a = fit_logistic(X[:100], y[:100], X[100:], y[100:], 3, seed=7, params=FAST)
+    b = fit_logistic(X[:100], y[:100], X[100:], y[100:], 3, seed=7, params=FAST)
+    c = fit_logistic(X[:100], y[:100], X[100:], y[100:], 3, seed=8, params=FAST)
+    assert torch.equal(a["weight"], b["weight"]) and np.array_equal(a["pred"], b["pred"])
+    assert not torch.equal(a["weight"], c["weight"])
+
+
+def test_batched_probes_equal_individual_probes():
+    """Features x tasks (different class counts) x seeds in one bmm model == one probe at a time."""
+    rng = np.random.default_rng(4)
+    Xs = [rng.normal(size=(120, 6)).astype(np.float32) for _ in range(2)]
+    Y = np.stack([rng.integers(0, 3, 120), rng.integers(0, 5, 120)])
+    Y[0] = (Xs[0][:, 0] > 0) + (Xs[0][:, 1] > 0)  # learnable structure for the 3-class task
+    params = {"epochs": 6, "device": "cpu"}
+    many = fit_logistic_many([x[:90] for x in Xs], Y[:, :90], [x[90:] for x in Xs], Y[:, 90:], [3, 5], [0, 9], params)
+    for si, s in enumerate([0, 9]):
+        for f in range(2):
+            for k, c in enumerate([3, 5]):
+                one = fit_logistic_many(Xs[f][:90], Y[k, :90], Xs[f][90:], Y[k, 90:], [c], [s], params)
+                torch.testing.assert_close(many["weight"][si, f, k, :c], one["weight"][0, 0, 0], atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(many["bias"][si, f, k, :c], one["bias"][0, 0, 0], atol=1e-6, rtol=1e-5)
+                assert (many["weight"][si, f, k, c:] == 0).all()  # padded classes never move
+                assert many["test_acc"][si, f, k] == one["test_acc"][0, 0, 0]
+                assert np.array_equal(many["confusion"][si][f][k], one["confusion"][0][0][0])
+
+
+def test_bad_params_and_labels_are_rejected():
+    X, y = blobs(40, 3, 2, 1.0, 0)
+    with pytest.raises(ValueError, match="unknown key"):
+        fit_logistic(X, y, X, y, 2, 0, {"epoch": 3})
+    with pytest.raises(ValueError, match=r"codes of task 0 must lie in \[0, 2\)"):
+        fit_logistic(X, y + 1, X, y, 2, 0, FAST)
+
+
+# ------------------------------------------------------------------------------------------ standardisation
+def test_standardise_uses_training_statistics_only():
+    rng = np.random.default_rng(5)
+    Xtr = np.column_stack([rng.normal(1e6, 0.5, 80), np.full(80, 3.25), rng.normal(-2, 4, 80)]).astype(np.float32)
+    Xte = rng.normal(50, 9, (30, 3)).astype(np.float32)
+    Ztr, Zte, mean, std = standardise(Xtr, Xte, return_stats=True)
+    x64 = Xtr.astype(np.float64)
+    ref_std = x64.std(0)
+    ref_std[1] = 1.0  # constant column -> std 1
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-12)
+    np.testing.assert_allclose(Zte, (Xte - x64.mean(0)) / ref_std, rtol=1e-5, atol=1e-4)
+    assert np.isfinite(Ztr).all() and np.isfinite(Zte).all() and (Ztr[:, 1] == 0).all()
+    np.testing.assert_allclose(Ztr[:, [0, 2]].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(Ztr[:, [0, 2]].std(0), 1, atol=1e-4)
+    Ztr2, _ = standardise(Xtr, Xte * 100 + 7)  # the test split never moves the training statistics
+    assert np.array_equal(Ztr, Ztr2)
+
+
+def test_standardise_rejects_non_finite_values_naming_the_feature():
+    X = np.ones((10, 2), np.float32)
+    X[3, 1] = np.nan
+    with pytest.raises(ValueError, match="my feature: 1 non-finite"):
+        standardise(X, X, name="my feature")
+
+
+# ------------------------------------------------------------------------------------------------- linear
+def _np_ols_pred(Xtr, ytr, Xte):
+    A = np.column_stack([np.ones(len(Xtr)), Xtr.astype(np.float64)])
+    beta = np.linalg.lstsq(A, ytr, rcond=None)[0]
+    return np.column_stack([np.ones(len(Xte)), Xte.astype(np.float64)]) @ beta, A @ beta
+
+
+@pytest.mark.parametrize("path", ["gelsd", "normal_equations"])
+def test_ols_equals_numpy_lstsq(monkeypatch, path):
+    if path == "normal_equations":
+        monkeypatch.setattr(probe, "LSTSQ_BYTES", 0)
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(90, 6)).astype(np.float32)
+    X[:, 4] = 2.5  # constant column, and a duplicated one: rank deficient, predictions are still unique
+    X[:, 5] = X[:, 0]
+    y = X[:, :4].astype(np.float64) @ [1.0, -2.0, 0.5, 3.0] + 60 + rng.normal(0, 0.3, 90)
+    r = fit_linear(X[:60], y[:60], X[60:], y[60:], ridge=1e-3)
+    pred_te, pred_tr = _np_ols_pred(X[:60], y[:60], X[60:])
+    assert r["method"] == "ols" and r["ridge_used"] == 0.0
+    np.testing.assert_allclose(r["pred"], pred_te, rtol=1e-9, atol=1e-8)
+    assert r["train_rmse"] == pytest.approx(np.sqrt(np.mean((pred_tr - y[:60]) ** 2)), rel=1e-8)
+    assert r["test_rmse"] == pytest.approx(np.sqrt(np.mean((pred_te - y[60:]) ** 2)), rel=1e-8)
+    assert r["test_rmse"] < 0.5  # noise sd 0.3: the fit is right, in target units
+
+
+@pytest.mark.parametrize("p", [5, 80])  # OLS and dual ridge
+def test_several_targets_at_once_equal_one_at_a_time(p):
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(70, p)).astype(np.float32)
+    Y = np.column_stack([X[:, 0] * 3 + 60, rng.choice([25.0, 50, 75, 100, 127], 70)])
+    both = fit_linear(X[:50], Y[:50], X[50:], Y[50:], ridge=1e-3)
+    for k in range(2):
+        one = fit_linear(X[:50], Y[:50, k], X[50:], Y[50:, k], ridge=1e-3)
+        assert both["test_rmse"][k] == pytest.approx(one["test_rmse"], rel=1e-10)
+        assert both["train_rmse"][k] == pytest.approx(one["train_rmse"], rel=1e-9, abs=1e-9)
+        np.testing.assert_allclose(both["pred"][:, k], one["pred"], rtol=1e-10)
+
+
+def test_more_features_than_clips_uses_dual_ridge_and_stays_finite():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(50, 200)).astype(np.float32)
+    y = 40 + 5 * X[:, 0].astype(np.float64) + rng.normal(0, 1, 50)
+    r = fit_linear(X[:30], y[:30], X[30:], y[30:], ridge=1e-2)
+    assert r["method"] == "ridge_dual" and r["ridge_used"] > 0
+    assert np.isfinite(r["pred"]).all() and np.isfinite([r["train_rmse"], r["test_rmse"]]).all()
+    Xc = X[:30].astype(np.float64) - X[:30].mean(0, dtype=np.float64)
+    lam = 1e-2 * np.trace(Xc @ Xc.T) / 30
+    beta = np.linalg.solve(Xc.T @ Xc + lam * np.eye(200), Xc.T @ (y[:30] - y[:30].mean()))  # primal ridge
+    ref = (X[30:] - X[:30].mean(0, dtype=np.float64)) @ beta + y[:30].mean()
+    assert r["ridge_used"] == pytest.approx(lam, rel=1e-10)
+    np.testing.assert_allclose(r["pred"], ref, rtol=1e-7, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------ synthetic stage files
+HC = {  # display name -> (width, informative?)
+    "Mean Power (frequency)": (8, True),
+    "Time to -70 dB": (8, False),
+    "Mean Wavelet (25)": (5, True),
+    "Wavelet Combined": (12, True),
+    "Random": (8, False),
+}
+
+
+def hc_key(name):
+    return name.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("-", "m")
+
+
+def write_handcrafted(path, meta, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = np.arange(len(meta)) % 3
+    with write_h5(path, "handcrafted") as f:
+        g = f.create_group("features")
+        for name, (d, informative) in HC.items():
+            X = rng.normal(size=(len(meta), d))
+            if informative:
+                X[:, :3] += 5.0 * np.eye(3)[codes]
+                X[:, 3] = meta["pitch"].to_numpy() / 10 + rng.normal(0, 0.1, len(meta))
+            X[:, -1] = 1.0  # a constant column everywhere: must not produce NaN
+            ds = g.create_dataset(hc_key(name), data=X.astype(np.float32))
+            ds.attrs.update({"name": name, "definition": "synthetic", "params": "{}", "dim": d,
+                             "shape": json.dumps([d])})
+
+
+def write_deep(path, meta, widths={"conv1": 70, "pool1": 40, "conv3": 6}, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = np.arange(len(meta)) % 3
+    with write_h5(path, "deep") as f:
+        f.attrs.update({"arch": "Regular", "seed": 10, "task": "family", "layers": json.dumps(list(widths))})
+        for which, signal in (("trained", 5.0), ("untrained", 0.5)):
+            g = f.create_group(which)
+            for layer, d in widths.items():
+                X = rng.normal(size=(len(meta), d))
+                X[:, :3] += signal * np.eye(3)[codes]
+                ds = g.create_dataset(layer, data=X.astype(np.float32))
+                ds.attrs.update({"shape": json.dumps([d]), "averaged_channels": False, "point": "raw"})
+
+
+@pytest.fixture
+def stage_files(tmp_path):
+    mel = tmp_path / "mel.h5"
+    _, meta = write_fake_mel(mel, n=60, n_mels=8, n_frames=8)
+    write_handcrafted(tmp_path / "handcrafted.h5", meta)
+    write_deep(tmp_path / "seed10.h5", meta)
+    return tmp_path, meta
+
+
+class ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def list_logger(name):
+    log = logging.getLogger(name)
+    log.handlers[:] = [ListHandler()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log, log.handlers[0].lines
+
+
+def test_probe_handcrafted_tidy_tables(stage_files):
+    tmp, meta = stage_files
+    n_test = int((meta["split"] == 1).sum())
+    log, lines = list_logger("test_probe.handcrafted")
+    scores, conf = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy", log)
+    # one progress line per probe: feature, task, seconds, score
+    assert sum(bool(re.match(r"probe .+ \| task family \| seed [01] \| [\d.]+ s .*accuracy train [\d.]+ test", x))
+               for x in lines) == 5 * 2
+    assert sum(x.startswith("probe ") and "task pitch" in x and "OLS" in x for x in lines) == 5
+    assert list(scores.columns) == SCORE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
+    # 5 features x (family: 2 seeds x 2 splits + pitch: 1 x 2 splits)
+    assert len(scores) == 5 * (2 * 2 + 2)
+    assert set(scores["feature"]) == set(HC) and (scores["dataset"] == "toy").all()
+    for col in ("arch", "seed", "layer", "trained", "train_task"):
+        assert (scores[col] == "").all()
+    acc = scores[scores["metric"] == "accuracy"]
+    assert set(acc["probe_task"]) == {"family"} and set(acc["probe_seed"]) == {0, 1}
+    rm = scores[scores["metric"] == "rmse"]
+    assert set(rm["probe_task"]) == {"pitch"} and (rm["probe_seed"] == "").all()
+    assert set(scores["split"]) == {"train", "test"} and np.isfinite(scores["value"]).all()
+    test_acc = acc[acc["split"] == "test"].set_index(["feature", "probe_seed"])["value"]
+    assert test_acc["Mean Wavelet (25)"].min() >= 0.9  # informative features decode
+    assert test_acc["Random"].max() <= 0.75  # 18 test clips, 3 classes: noise stays near chance
+    pitch = rm[rm["split"] == "test"].set_index("feature")["value"]
+    assert pitch["Mean Wavelet (25)"] < 0.5 * pitch["Random"]  # pitch is encoded in column 3
+    # confusion: 3 x 3 per (feature, seed), sums to the test size, class names
+    assert set(conf["true"]) == set(conf["predicted"]) == {"class0", "class1", "class2"}
+    sums = conf.groupby(["feature", "probe_seed"])["count"].sum()
+    assert len(sums) == 5 * 2 and (sums == n_test).all()
+    assert (conf.groupby(["feature", "probe_seed"]).size() == 9).all() and (conf["split"] == "test").all()
+    # test accuracy = trace of the confusion / test size
+    diag = conf[conf["true"] == conf["predicted"]].groupby(["feature", "probe_seed"])["count"].sum() / n_test
+    pd.testing.assert_series_equal(diag.sort_index(), test_acc.sort_index(), check_names=False, check_index_type=False)
+
+
+def test_probe_deep_tidy_tables_and_concatenation(stage_files):
+    tmp, meta = stage_files
+    n_train = int((meta["split"] == 0).sum())
+    params = {**FAST, "concat_features": ["Time to -70 dB", "Mean Wavelet (25)"]}
+    log, lines = list_logger("test_probe.deep")
+    scores, conf = probe_deep(tmp / "seed10.h5", tmp / "handcrafted.h5", tmp / "mel.h5", params, "toy", log)
+    assert sum("Regular conv1" in x and "task pitch" in x and "dual ridge" in x for x in lines) == 2
+    assert list(scores.columns) == SCORE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
+    layer_rows = scores[~scores["feature"].str.contains(r"\+")]
+    # 3 layers x 2 (trained/untrained) x 2 tasks x 2 splits, probe seed = model seed
+    assert len(layer_rows) == 3 * 2 * 2 * 2
+    assert set(layer_rows["feature"]) == {"Regular conv1", "Regular pool1", "Regular conv3"}
+    assert (scores["arch"] == "Regular").all() and (scores["seed"] == 10).all()
+    assert (scores["train_task"] == "family").all() and set(scores["trained"]) == {"trained", "untrained"}
+    assert set(scores.loc[scores["metric"] == "accuracy", "probe_seed"]) == {10}
+    assert (scores.loc[scores["metric"] == "rmse", "probe_seed"] == "").all()
+    assert set(layer_rows["probe_task"]) == {"family", "pitch"}
+    assert np.isfinite(scores["value"]).all()  # conv1 has 70 > 42 train clips: ridge, still finite
+    assert 70 + 1 >= n_train
+    cat = scores[scores["feature"].str.contains(r"\+")]
+    assert set(cat["feature"]) == {"Regular conv3 + Time to -70 dB", "Regular conv3 + Mean Wavelet (25)"}
+    assert len(cat) == 2 * 2 and (cat["layer"] == "conv3").all() and (cat["trained"] == "trained").all()
+    assert (cat["probe_task"] == "family").all() and (cat["metric"] == "accuracy").all()
+    tr = scores.set_index(["feature", "trained", "probe_task", "split"])["value"]
+    assert tr[("Regular conv3", "trained", "family", "test")] >= 0.9
+    # confusions for every classification probe: 3 layers x 2 + 2 concatenations
+    assert conf.groupby(["feature", "trained"]).ngroups == 3 * 2 + 2
+    assert (conf.groupby(["feature", "trained"])["count"].sum() == int((meta["split"] == 1).sum())).all()
+
+
+def test_bad_concat_name_lists_available_features(stage_files):
+    tmp, _ = stage_files
+    params = {**FAST, "concat_features": ["Mean Power"]}
+    with pytest.raises(ValueError, match=r"\['Mean Power'\] not found.*available display names.*Mean Power \(frequency\)"):
+        probe_deep(tmp / "seed10.h5", tmp / "handcrafted.h5", tmp / "mel.h5", params, "toy")
+
+
+def test_misaligned_features_are_rejected(tmp_path):
+    _, meta = write_fake_mel(tmp_path / "mel.h5", n=60, n_mels=8, n_frames=8)
+    write_handcrafted(tmp_path / "handcrafted.h5", meta.iloc[:50])
+    with pytest.raises(ValueError, match=r"features/\w+ has shape \(50, \d+\); expected \(60, d\)"):
+        probe_handcrafted(tmp_path / "handcrafted.h5", tmp_path / "mel.h5", FAST, "toy")
+
+
+def test_snakemake_scripts_write_the_tables(stage_files):
+    """The thin rule scripts: read snakemake.input/params/log, write both CSVs atomically."""
+    import runpy
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    tmp, _ = stage_files
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    params = SimpleNamespace(probe={**FAST, "seeds": [3], "concat_features": ["Random"]}, dataset="toy", code="x")
+    runs = {
+        "probe_handcrafted": SimpleNamespace(features=str(tmp / "handcrafted.h5"), mel=str(tmp / "mel.h5")),
+        "probe_deep": SimpleNamespace(deep=str(tmp / "seed10.h5"), features=str(tmp / "handcrafted.h5"),
+                                      mel=str(tmp / "mel.h5")),
+    }
+    for name, inputs in runs.items():
+        out = SimpleNamespace(scores=str(tmp / name / "s.csv"), confusion=str(tmp / name / "s.confusion.csv"))
+        smk = SimpleNamespace(input=inputs, output=out, params=params, log=[str(tmp / f"{name}.log")])
+        runpy.run_path(str(scripts / f"{name}.py"), init_globals={"snakemake": smk})
+        scores = pd.read_csv(out.scores, keep_default_na=False)
+        conf = pd.read_csv(out.confusion, keep_default_na=False)
+        assert list(scores.columns) == SCORE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
+        assert len(scores) > 0 and len(conf) > 0
+        assert "| task family |" in (tmp / f"{name}.log").read_text()
+    assert "Regular conv3 + Random" in set(scores["feature"])
+
+
+def test_tables_do_not_depend_on_grouping(stage_files, monkeypatch):
+    tmp, _ = stage_files
+    a = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy")
+    monkeypatch.setattr(probe, "GROUP_BYTES", 0)  # every feature trained as its own model
+    b = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy")
+    for x, y in zip(a, b):
+        pd.testing.assert_frame_equal(x, y)
+    assert list(a[0]["feature"].drop_duplicates()) == sorted(HC, key=hc_key)  # the file's order
+
+
+def test_deep_file_whose_seed_contradicts_its_name_is_rejected(stage_files):
+    tmp, _ = stage_files
+    (tmp / "seed10.h5").rename(tmp / "seed1.h5")
+    with pytest.raises(ValueError, match=r"seed1\.h5: root attr seed=10 contradicts the file name"):
+        probe_deep(tmp / "seed1.h5", tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy")
