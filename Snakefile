@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 validate(config, "schemas/config.schema.yaml")
 
 # The package lives in src/: make it importable in every job (local, conda env or SLURM job step)

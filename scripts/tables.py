@@ -1,1 +1,12 @@
-raise NotImplementedError('scripts/tables.py is being written')
+"""Snakemake script of rule `tables`: aggregate one dataset's probe, similarity and training outputs."""
+from deepfeat.io import get_logger
+from deepfeat.tables import build_tables
+
+
+def main(smk):
+    log = get_logger(smk.log[0])
+    inputs = {name: smk.input[name] for name in smk.input.keys()}
+    build_tables(inputs, smk.output.tables, smk.params.dataset, log)
+
+
+main(snakemake)  # noqa: F821
