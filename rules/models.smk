@@ -8,7 +8,12 @@ rule train:
         model=f"{R}/{{dataset}}/models/{{task}}/{{arch}}/seed{{seed}}.pt",
         history=f"{R}/{{dataset}}/models/{{task}}/{{arch}}/seed{{seed}}.history.csv",
     params:
-        models=config["models"],
+        # only the keys that change the result: editing the seed list or the architectures must not retrain
+        models={
+            k: v
+            for k, v in config["models"].items()
+            if k in ("epochs", "batch_size", "lr", "momentum", "checkpoint_every", "device")
+        },
         checkpoint=lambda w: f"{R}/{w.dataset}/models/{w.task}/{w.arch}/seed{w.seed}.ckpt",
         code=code_hash("models", "deform", "train"),
     resources:

@@ -1,1 +1,25 @@
-raise NotImplementedError('scripts/train.py is being written')
+"""Snakemake rule `train`: one network (task x arch x seed) on one mel.h5 -> model file + history CSV."""
+from deepfeat.io import get_logger
+from deepfeat.train import train_model
+
+
+def main(smk):
+    log = get_logger(smk.log[0])
+    try:
+        train_model(
+            mel_h5=smk.input.mel,
+            task=smk.wildcards.task,
+            arch=smk.wildcards.arch,
+            seed=int(smk.wildcards.seed),
+            params=dict(smk.params.models),
+            out_model=smk.output.model,
+            out_history=smk.output.history,
+            checkpoint=smk.params.checkpoint,
+            log=log,
+        )
+    except Exception:
+        log.exception("train failed")
+        raise
+
+
+main(snakemake)  # noqa: F821
