@@ -2,6 +2,9 @@
 
 
 rule render_demo:
+    input:
+        # a user's SoundFont is an input (a changed file reruns the render); null = the one inside pretty_midi
+        soundfont=lambda w: ds_cfg(w)["render"].get("soundfont") or [],
     output:
         manifest=f"{R}/{{dataset}}/raw/manifest.json",
     params:
