@@ -5,6 +5,7 @@ rule similarity_deep:
     input:
         deep=f"{R}/{{dataset}}/deep/{{task}}/{{conv_arch}}/seed{{seed}}.h5",
         features=f"{R}/{{dataset}}/handcrafted.h5",
+        mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/deep/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
     params:
@@ -33,7 +34,8 @@ rule similarity_channels:
         table=f"{R}/{{dataset}}/similarity/channels/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
     params:
         similarity=config["similarity"],
-        deep=config["deep"],
+        deep={"point": config["deep"]["point"]},  # the only deep setting channel similarity depends on
+        dataset=lambda w: w.dataset,
         code=code_hash("similarity", "models", "deform", "extract"),
     resources:
         gpu=1,
@@ -41,6 +43,8 @@ rule similarity_channels:
         mem_mb=8000,
     log:
         "logs/{dataset}/similarity_channels/{task}/{conv_arch}/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/similarity_channels/{task}/{conv_arch}/seed{seed}.tsv"
     conda:
         "../envs/deepfeat.yaml"
     script:
@@ -50,6 +54,7 @@ rule similarity_channels:
 rule similarity_cross:
     input:
         deep=lambda w: [f for f in deep_files(w.dataset) if f"/deep/{w.task}/" in f],
+        mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/cross/{{task}}.csv",
     params:

@@ -1,1 +1,19 @@
-raise NotImplementedError('scripts/similarity_deep.py is being written')
+"""Snakemake script of rule similarity_deep: every layer (trained and untrained) of one model vs every
+hand-crafted feature, trained vs untrained per layer, and layer vs layer, on the training clips."""
+from deepfeat.io import get_logger, write_csv
+from deepfeat.similarity import similarity_deep
+
+
+def main(smk):
+    log = get_logger(smk.log[0])
+    try:
+        df = similarity_deep(smk.input.deep, smk.input.features, smk.input.mel, dict(smk.params.similarity),
+                             smk.params.dataset, log)
+        write_csv(df, smk.output.table)
+    except Exception:
+        log.exception("similarity_deep failed")
+        raise
+    log.info(f"wrote {smk.output.table} ({len(df)} rows)")
+
+
+main(snakemake)  # noqa: F821

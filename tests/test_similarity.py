@@ -1,0 +1,470 @@
+"""Similarity measures (CKA, debiased CKA, LR, CCA, SVCCA) and the three similarity entry points."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_fake_mel
+from deepfeat import similarity as sim
+from deepfeat.io import get_logger, write_h5
+
+ALL = sim.MEASURES
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Naive references: the QR/SVD forms of method.md, and the U-statistic HSIC on explicit Gram matrices
+# ---------------------------------------------------------------------------------------------------------
+def _c(X):
+    return X - X.mean(0)
+
+
+def ref_cka(X, Y):
+    X, Y = _c(X), _c(Y)
+    return np.linalg.norm(Y.T @ X) ** 2 / (np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y))
+
+
+def ref_hsic_u(K, L):
+    """Song et al. (2012) unbiased HSIC on Gram matrices, diagonals zeroed."""
+    n = K.shape[0]
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    one = np.ones(n)
+    return (np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * (one @ K @ L @ one)) / (n * (n - 3))
+
+
+def ref_cka_debiased(X, Y):
+    K, L = _c(X) @ _c(X).T, _c(Y) @ _c(Y).T  # (translation invariant; centred for a well-conditioned reference)
+    return ref_hsic_u(K, L) / math.sqrt(ref_hsic_u(K, K) * ref_hsic_u(L, L))
+
+
+def ref_lr(X, Y):
+    X, Y = _c(X), _c(Y)
+    Q, _ = np.linalg.qr(Y)
+    return np.linalg.norm(Q.T @ X) ** 2 / np.linalg.norm(X) ** 2
+
+
+def ref_cca(X, Y):  # p1 <= p2, full rank
+    Qx, _ = np.linalg.qr(_c(X))
+    Qy, _ = np.linalg.qr(_c(Y))
+    p1 = X.shape[1]
+    T = Qy.T @ Qx
+    return np.linalg.norm(T) ** 2 / p1, np.linalg.norm(T, "nuc") / p1
+
+
+def ref_svcca_dims(X, variance=0.99):
+    U, s, _ = np.linalg.svd(_c(X), full_matrices=False)
+    frac = np.cumsum(s**2) / np.sum(s**2)
+    d = int(np.argmax(frac >= variance)) + 1
+    return U[:, :d], d
+
+
+def ref_svcca(X, Y, variance=0.99, dims=None):
+    Ux, dx = ref_svcca_dims(X, variance)
+    Uy, dy = ref_svcca_dims(Y, variance)
+    if dims is not None:
+        dx, dy = dims
+        Ux = np.linalg.svd(_c(X), full_matrices=False)[0][:, :dx]
+        Uy = np.linalg.svd(_c(Y), full_matrices=False)[0][:, :dy]
+    T = Uy.T @ Ux
+    k = min(dx, dy)
+    return np.linalg.norm(T) ** 2 / k, np.linalg.norm(T, "nuc") / k
+
+
+def ref_all(X, Y):
+    r2c, rhoc = ref_cca(X, Y)
+    r2s, rhos = ref_svcca(X, Y)
+    return dict(cka=ref_cka(X, Y), cka_debiased=ref_cka_debiased(X, Y), r2_lr=ref_lr(X, Y), r2_cca=r2c,
+                rho_cca=rhoc, r2_svcca=r2s, rho_svcca=rhos)
+
+
+def related(rng, n=90, p1=8, p2=13, offset=0.0):
+    """X and Y sharing a latent part, with mean >> std when offset is large."""
+    Z = rng.normal(size=(n, 5))
+    X = Z @ rng.normal(size=(5, p1)) + 0.7 * rng.normal(size=(n, p1)) + offset
+    Y = Z @ rng.normal(size=(5, p2)) + 0.9 * rng.normal(size=(n, p2)) - offset
+    return X, Y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measures
+# ---------------------------------------------------------------------------------------------------------
+def test_debiased_reference_is_translation_invariant():
+    rng = np.random.default_rng(11)
+    X, Y = related(rng, n=30)
+    K, L = X @ X.T, Y @ Y.T
+    assert ref_hsic_u(K, L) == pytest.approx(ref_hsic_u(_c(X) @ _c(X).T, _c(Y) @ _c(Y).T), rel=1e-9)
+
+
+def test_cka_of_itself_is_one():
+    X = np.random.default_rng(0).normal(size=(50, 7))
+    r = sim.all_measures(X, X, measures=("cka", "cka_debiased", "r2_lr", "r2_cca", "rho_cca"))
+    for m in ("cka", "cka_debiased", "r2_lr", "r2_cca", "rho_cca"):
+        assert r[m] == pytest.approx(1.0, abs=1e-12), m
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_agrees_with_naive_reference(offset):
+    rng = np.random.default_rng(1)
+    X, Y = related(rng, offset=offset)
+    ref = ref_all(X, Y)
+    for method in ("feature", "gram"):
+        got = sim.all_measures(X, Y, method=method)
+        assert got["flags"] == {}
+        for m in ALL:
+            assert abs(got[m] - ref[m]) <= 1e-10, (method, m, got[m], ref[m])
+
+
+def test_invariances_and_a_general_linear_map():
+    rng = np.random.default_rng(2)
+    X, Y = related(rng, p1=10, p2=6)
+    Q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    base = sim.all_measures(X, Y)
+    rot = sim.all_measures(X @ Q, Y)
+    scaled = sim.all_measures(3.7 * X, Y / 11.0)
+    for m in ALL:
+        assert rot[m] == pytest.approx(base[m], abs=1e-10), m
+        assert scaled[m] == pytest.approx(base[m], abs=1e-10), m
+    # an invertible but non-orthogonal map changes CKA; CCA (and LR of Y's span) is invariant to it
+    A = rng.normal(size=(10, 10)) + np.diag(np.linspace(0.1, 20, 10))
+    assert np.linalg.cond(A) < 1e4
+    lin = sim.all_measures(X @ A, Y)
+    assert abs(lin["cka"] - base["cka"]) > 0.02
+    assert sim.cka(X, X @ A) < 0.99
+    assert lin["r2_cca"] == pytest.approx(base["r2_cca"], abs=1e-9)
+    assert sim.lr_r2(Y, X @ A) == pytest.approx(sim.lr_r2(Y, X), abs=1e-9)
+
+
+def test_debiased_cka_of_independent_wide_noise():
+    rng = np.random.default_rng(3)
+    n, p1, p2 = 60, 1500, 900
+    X, Y = rng.normal(size=(n, p1)), rng.normal(size=(n, p2))
+    r = sim.all_measures(X, Y, measures=("cka", "cka_debiased"))
+    predicted = math.sqrt(p1 * p2 / ((p1 + n) * (p2 + n)))
+    assert r["method"] == "gram"
+    assert r["cka"] == pytest.approx(predicted, abs=0.02)
+    assert abs(r["cka_debiased"]) < 0.02
+    assert r["cka"] > 0.9
+
+
+def test_gram_form_equals_feature_form():
+    rng = np.random.default_rng(4)
+    X, Y = related(rng, n=40, p1=12, p2=25)
+    f = sim.all_measures(X, Y, method="feature")
+    g = sim.all_measures(X, Y, method="gram")
+    for m in ALL:
+        assert abs(f[m] - g[m]) <= 1e-10, m
+
+
+def test_svcca_keeps_the_crossing_component():
+    rng = np.random.default_rng(5)
+    n = 200
+    # X with variance shares 0.6, 0.3, 0.095, 0.005: 99% is crossed by the third component -> d_X = 3
+    U, _ = np.linalg.qr(_c(rng.normal(size=(n, 4))))
+    X = U * np.sqrt(np.array([0.6, 0.3, 0.095, 0.005]) * 1000)
+    assert sim._svcca_dim(torch.tensor([0.6, 0.3, 0.095, 0.005], dtype=torch.float64), 0.99, 4) == 3
+    assert ref_svcca_dims(X)[1] == 3
+    Y = (U[:, 2] + 0.02 * rng.normal(size=n))[:, None]  # lives in X's third direction
+    got = sim.svcca(X, Y)
+    dy = ref_svcca_dims(Y)[1]
+    want = ref_svcca(X, Y, dims=(3, dy))
+    wrong = ref_svcca(X, Y, dims=(2, dy))  # dropping the crossing component (a common bug)
+    assert got == pytest.approx(want, abs=1e-10)
+    assert got[0] > 0.5 > wrong[0]
+
+
+def test_rank_deficiency_gives_nan_and_flag():
+    rng = np.random.default_rng(6)
+    n = 20
+    X, Y = rng.normal(size=(n, 4)), rng.normal(size=(n, 30))  # centred Y spans all n-1 directions
+    r = sim.all_measures(X, Y)
+    assert np.isfinite(r["cka"]) and np.isfinite(r["cka_debiased"])
+    for m in ("r2_lr", "r2_cca", "rho_cca"):
+        assert np.isnan(r[m]) and "rank_b" in r["flags"][m], m
+    # LR of the wide block on the narrow one is fine
+    r2 = sim.all_measures(Y, X, measures=("r2_lr", "r2_cca"))
+    assert np.isfinite(r2["r2_lr"]) and "rank_a" in r2["flags"]["r2_cca"]
+    # collinear columns: rank below p is handled by the cutoff, not by a singular whitening
+    Xd = np.column_stack([X, X[:, 0] + X[:, 1]])
+    assert sim.all_measures(Xd, X, measures=("r2_cca",))["r2_cca"] == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="rows"):
+        sim.cka(X, Y[:-1])
+
+
+def test_moments_streamed_equals_one_shot():
+    rng = np.random.default_rng(7)
+    n = 157
+    X = rng.normal(size=(n, 6)) * 3 + 5e3  # mean >> std: the pilot shift keeps the sums exact
+    Y = rng.normal(size=(n, 9)) + X[:, :1] - 2e3
+    H = rng.normal(size=(n, 5))
+    mom = sim.Moments({"x": 6, "h": {"y": 9, "z": 5}}, cross=[("x", "h")])
+    for i in range(0, n, 40):
+        mom.update({"x": X[i : i + 40], "h": np.hstack([Y, H])[i : i + 40]})
+    Xc, Yc, Hc = _c(X), _c(Y), _c(H)
+    a, b, h = (Xc**2).sum(1), (Yc**2).sum(1), (Hc**2).sum(1)
+    np.testing.assert_allclose(mom.cross_cov("x", "y").numpy(), Xc.T @ Yc, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(mom.cross_cov("z", "x").numpy(), Hc.T @ Xc, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(mom.cov("y").numpy(), Yc.T @ Yc, rtol=1e-10, atol=1e-8)
+    assert mom.ab("x", "y") == pytest.approx(a @ b, rel=1e-10)
+    assert mom.ab("z", "x") == pytest.approx(h @ a, rel=1e-10)
+    assert mom.aa("x") == pytest.approx(a @ a, rel=1e-10)
+    assert mom.trace("z") == pytest.approx(h.sum(), rel=1e-10)
+    np.testing.assert_allclose(mom.mean("x").numpy(), X.mean(0), rtol=1e-13)
+    with pytest.raises(ValueError, match="no cross-product"):
+        mom.cross_cov("y", "z")
+
+
+def test_bootstrap_influence_matches_finite_reweighting():
+    """psi_i is the derivative of CKA when row i's weight changes: check against a weighted recomputation."""
+    rng = np.random.default_rng(8)
+    X, Y = related(rng, n=50, p1=5, p2=7)
+    n = len(X)
+    Xc, Yc = _c(X), _c(Y)
+    Cxy, Cxx, Cyy = Xc.T @ Yc, Xc.T @ Xc, Yc.T @ Yc
+    sx = sim._Spec(n=n, p=5, trace=0, fro2=float((Cxx**2).sum()), aa=0)
+    sy = sim._Spec(n=n, p=7, trace=0, fro2=float((Cyy**2).sum()), aa=0)
+    r = ((Xc @ Cxy) * Yc).sum(1)
+    qx, qy = ((Xc @ Cxx) * Xc).sum(1), ((Yc @ Cyy) * Yc).sum(1)
+    c0 = ref_cka(X, Y)
+    psi = sim._cka_psi(r, qx, qy, sx, sy, c0, n)
+    assert abs(psi.sum()) < 1e-8
+
+    def wcka(w):
+        w = w / w.sum()
+        mx, my = w @ X, w @ Y
+        A, B = (X - mx) * np.sqrt(w)[:, None], (Y - my) * np.sqrt(w)[:, None]
+        return np.linalg.norm(A.T @ B) ** 2 / (np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B))
+
+    eps = 1e-6
+    for i in (0, 17, 49):
+        w = np.ones(n)
+        w[i] += eps
+        assert (wcka(w) - c0) / eps * n == pytest.approx(psi[i] * (1 + 0), rel=1e-3, abs=1e-6)
+
+
+def test_linearised_bootstrap_interval_matches_a_naive_bootstrap():
+    rng = np.random.default_rng(12)
+    n = 300
+    X, Y = related(rng, n=n, p1=6, p2=9)
+    Xc, Yc = _c(X), _c(Y)
+    Cxy, Cxx, Cyy = Xc.T @ Yc, Xc.T @ Xc, Yc.T @ Yc
+    sx = sim._Spec(n=n, p=6, trace=0, fro2=float((Cxx**2).sum()), aa=0)
+    sy = sim._Spec(n=n, p=9, trace=0, fro2=float((Cyy**2).sum()), aa=0)
+    c0 = ref_cka(X, Y)
+    psi = sim._cka_psi(((Xc @ Cxy) * Yc).sum(1), ((Xc @ Cxx) * Xc).sum(1), ((Yc @ Cyy) * Yc).sum(1), sx, sy, c0, n)
+    lo, hi = sim._bootstrap_ci(np.array([c0]), psi[:, None], 2000, 0, 0)
+    naive = [ref_cka(X[i], Y[i]) for i in rng.integers(0, n, (300, n))]
+    nlo, nhi = np.quantile(naive, [0.025, 0.975])
+    assert lo[0] < c0 < hi[0]
+    assert abs(lo[0] - nlo) < 0.2 * (nhi - nlo) and abs(hi[0] - nhi) < 0.2 * (nhi - nlo)
+
+
+def test_channel_cka_streamed_equals_in_memory():
+    rng = np.random.default_rng(9)
+    A = rng.normal(size=(33, 4, 3, 5))
+    A[:, 1] = A[:, 0] * 2 + 0.1 * A[:, 1]  # channel 1 ~ channel 0
+    C = sim.channel_cka(A)
+    assert C.shape == (4, 4)
+    for c in range(4):
+        for d in range(4):
+            assert C[c, d] == pytest.approx(ref_cka(A[:, c].reshape(33, -1), A[:, d].reshape(33, -1)), abs=1e-12)
+    assert C[0, 1] > 0.9
+    At = torch.as_tensor(A.reshape(33, 4, -1)) - torch.as_tensor(A.reshape(33, 4, -1)).mean(0)
+    F, a, r = sim._channel_stats(lambda idx: {"x": At[torch.as_tensor(idx)]}, 33, 7, True)["x"]
+    np.testing.assert_allclose(sim._channel_measures(F, a, 33, ("cka",))["cka"], C, atol=1e-12)
+    K = torch.einsum("icp,jcp->cij", At, At)
+    np.testing.assert_allclose(r.numpy(), torch.einsum("cij,dij->cdi", K, K).numpy(), rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points on small synthetic files
+# ---------------------------------------------------------------------------------------------------------
+HC = {"rms": ("RMS", 6), "mean_power_frequency": ("Mean Power (frequency)", 9), "random": ("Random", 5),
+      "dwt_db10_horizontal": ("DWT db10 (horizontal)", 50)}
+LAYERS = {"conv1": 48, "pool1": 12, "conv3": 5}  # conv1 and the DWT feature are wider than n_train -> Gram form
+
+
+def write_deep(path, n, arch="Regular", seed=1, task="family", shift=0.0):
+    rng = np.random.default_rng(seed + int(shift * 10))
+    out = {}
+    with write_h5(path, "deep") as f:
+        f.attrs.update(arch=arch, seed=seed, task=task, layers=json.dumps(list(LAYERS)))
+        for s, state in enumerate(("trained", "untrained")):
+            g = f.create_group(state)
+            base = rng.normal(size=(n, 3))
+            for a, d in LAYERS.items():
+                x = base @ rng.normal(size=(3, d)) + (0.5 + s) * rng.normal(size=(n, d)) + shift
+                g.create_dataset(a, data=x.astype(np.float32))
+                out[state, a] = x.astype(np.float32)
+    return out
+
+
+def write_hc(path, n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    with write_h5(path, "handcrafted") as f:
+        g = f.create_group("features")
+        for key, (name, d) in HC.items():
+            x = rng.normal(size=(n, d)) * rng.uniform(0.1, 100, d) + rng.uniform(-50, 50, d)
+            if key == "rms":
+                x[:, 2] = 3.0  # a constant column
+            ds = g.create_dataset(key, data=x.astype(np.float32))
+            ds.attrs["name"] = name
+            out[name] = x.astype(np.float32)
+    return out
+
+
+def zscore(x, train):
+    mu, sd = x[train].astype(np.float64).mean(0), x[train].astype(np.float64).std(0)
+    z = (x - mu) / np.where(sd > 0, sd, 1)
+    z[:, sd == 0] = 0
+    return z
+
+
+def _check_table(df):
+    assert list(df.columns) == sim.COLUMNS
+    assert df["measure"].isin(sim.MEASURES).all()
+    assert (df["flag"].fillna("") != "").eq(df["value"].isna()).all()
+
+
+@pytest.fixture
+def files(tmp_path):
+    n = 60
+    mel, meta = write_fake_mel(tmp_path / "mel.h5", n=n, n_mels=16, n_frames=16)
+    train = meta["split"].to_numpy() == 0
+    deep = write_deep(tmp_path / "deep.h5", n)
+    hc = write_hc(tmp_path / "handcrafted.h5", n)
+    return tmp_path, train, deep, hc
+
+
+@pytest.mark.parametrize("memory_mb,chunk", [(4000, 1024), (0.004, 7)])
+def test_similarity_deep_table(files, memory_mb, chunk):
+    """The tiny budget (4 kB) splits sources into many passes and makes the Gram cache evict."""
+    tmp, train, deep, hc = files
+    params = dict(bootstrap=40, seed=3, device="cpu", memory_mb=memory_mb, chunk_size=chunk)
+    df = sim.similarity_deep(tmp / "deep.h5", tmp / "handcrafted.h5", tmp / "mel.h5", params, "toy",
+                             get_logger(None, "test_sim"))
+    _check_table(df)
+    n_hc, n_l = len(HC), len(LAYERS)
+    per = {"deep_vs_handcrafted": 2 * n_l * n_hc, "trained_vs_untrained": n_l, "layer_vs_layer": 2 * 3}
+    assert df.groupby("comparison").size().to_dict() == {k: v * len(ALL) for k, v in per.items()}
+    assert (df["n"] == train.sum()).all() and (df["dataset"] == "toy").all() and (df["task"] == "family").all()
+    cka = df[df["measure"] == "cka"]
+    assert cka["ci_low"].notna().all() and (cka["ci_low"] <= cka["value"] + 1e-12).all()
+    assert (cka["value"] <= cka["ci_high"] + 1e-12).all() and (cka["ci_high"] - cka["ci_low"] > 0).all()
+    assert df.loc[df["measure"] != "cka", "ci_low"].isna().all()
+    assert set(df.loc[df["layer_a"] == "conv1", "method"]) == {"gram"}
+    assert set(df.loc[(df["layer_a"] == "conv3") & (df["feature_b"] == "RMS"), "method"]) == {"feature"}
+    # every value equals the in-memory computation on the same (z-scored) arrays
+    for _, row in df.sample(40, random_state=0).iterrows():
+        X = deep[row["trained_a"], row["layer_a"]][train]
+        if row["comparison"] == "deep_vs_handcrafted":
+            Y = zscore(hc[row["feature_b"]], train)[train]
+        else:
+            Y = deep[row["trained_b"], row["layer_b"]][train]
+        want = sim.all_measures(X, Y, measures=(row["measure"],))[row["measure"]]
+        if np.isnan(want):
+            assert np.isnan(row["value"]) and row["flag"]
+        else:
+            assert abs(row["value"] - want) < 1e-9, (row.to_dict(), want)
+    # rank >= n-1 for the wide blocks: LR/CCA of conv1 are NaN with a flag, CKA is not
+    c1 = df[(df["layer_a"] == "conv1") & (df["comparison"] == "deep_vs_handcrafted")]
+    assert c1.loc[c1["measure"] == "r2_cca", "value"].isna().all()
+    assert c1.loc[c1["measure"] == "cka", "value"].notna().all()
+
+
+def test_similarity_deep_cka_only_skips_eigendecompositions(files):
+    tmp, train, deep, hc = files
+    args = (tmp / "deep.h5", tmp / "handcrafted.h5", tmp / "mel.h5")
+    full = sim.similarity_deep(*args, {"device": "cpu", "bootstrap": 5}, "toy")
+    only = sim.similarity_deep(*args, {"device": "cpu", "bootstrap": 5, "measures": ["cka", "cka_debiased"]}, "toy")
+    assert set(only["measure"]) == {"cka", "cka_debiased"}
+    merged = only.merge(full, on=["comparison", "layer_a", "trained_a", "layer_b", "trained_b", "feature_b", "measure"])
+    assert len(merged) == len(only)
+    np.testing.assert_allclose(merged["value_x"], merged["value_y"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(merged["ci_low_x"], merged["ci_low_y"], rtol=0, atol=1e-10)
+
+
+def test_similarity_deep_rejects_misaligned_rows(files):
+    tmp, train, deep, hc = files
+    write_deep(tmp / "short.h5", 50)
+    with pytest.raises(ValueError, match="short.h5.*50 rows"):
+        sim.similarity_deep(tmp / "short.h5", tmp / "handcrafted.h5", tmp / "mel.h5", {"device": "cpu"}, "toy")
+    # a deep file whose copy of the clip table lists the clips in another order
+    from conftest import TASKS, make_meta
+    from deepfeat.io import write_clip_table
+
+    write_deep(tmp / "other.h5", 60)
+    import h5py
+
+    with h5py.File(tmp / "other.h5", "a") as f:
+        write_clip_table(f, make_meta(60).iloc[::-1], TASKS, "family")
+    with pytest.raises(ValueError, match="other.h5: its clip table does not match"):
+        sim.similarity_deep(tmp / "other.h5", tmp / "handcrafted.h5", tmp / "mel.h5", {"device": "cpu"}, "toy")
+
+
+def test_similarity_cross_table(files):
+    tmp, train, _, _ = files
+    paths = []
+    for arch in ("Regular", "Dilated"):
+        for seed in (1, 10):
+            p = tmp / f"{arch}{seed}.h5"
+            write_deep(p, 60, arch=arch, seed=seed, shift=0.3 if arch == "Dilated" else 0.0)
+            paths.append(p)
+    df = sim.similarity_cross(paths, tmp / "mel.h5", {"device": "cpu", "bootstrap": 10,
+                                                      "measures": ["cka", "r2_svcca"]}, "toy")
+    _check_table(df)
+    n_l = len(LAYERS)
+    assert df.groupby("comparison").size().to_dict() == {"seed_vs_seed": 2 * 2 * n_l * 2,
+                                                         "arch_vs_arch": 2 * 2 * n_l * 2}
+    s = df[df["comparison"] == "seed_vs_seed"]
+    assert (s["arch_a"] == s["arch_b"]).all() and (s["seed_a"] < s["seed_b"]).all()
+    a = df[df["comparison"] == "arch_vs_arch"]
+    assert (a["seed_a"] == a["seed_b"]).all() and (a["layer_a"] == a["layer_b"]).all()
+    assert set(a["arch_a"]) == {"Regular"} and set(a["arch_b"]) == {"Dilated"}
+    assert df["value"].between(0, 1).all()
+
+
+def test_similarity_channels_table(files, monkeypatch):
+    tmp, train, _, _ = files
+    from deepfeat import extract, models
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3)
+    pool = torch.nn.MaxPool2d(2)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = conv, pool
+
+    def fake_load(path, which="trained", device=None):
+        return Net(), {"arch": "Regular", "seed": 4, "task": "family", "train_mean": -40.0, "train_std": 8.0}
+
+    def fake_acts(model, x, layers, point="raw"):
+        c = model.conv(x)
+        return {"conv1": c, "pool1": model.pool(c)}
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    monkeypatch.setattr(extract, "layer_activations", fake_acts)
+    df = sim.similarity_channels(tmp / "model.pt", tmp / "mel.h5", {"device": "cpu", "bootstrap": 20,
+                                                                     "memory_mb": 1},
+                                 {"point": "raw"}, get_logger(None, "test_sim"))
+    _check_table(df)
+    assert set(df["comparison"]) == {"channel_vs_channel"} and set(df["dataset"]) == {tmp.name}
+    assert len(df) == 2 * 2 * 3 * 2  # states x layers x channel pairs x (cka, cka_debiased)
+    assert set(df["layer_a"]) == {"conv1/ch0", "conv1/ch1", "pool1/ch0", "pool1/ch1"}
+    # equals channel_cka on the activations of the training clips
+    with __import__("deepfeat.io", fromlist=["open_h5"]).open_h5(tmp / "mel.h5", "mel") as f:
+        mel = f["mel"][:][train]
+    with torch.no_grad():
+        acts = fake_acts(Net(), (torch.as_tensor(mel)[:, None] + 40.0) / 8.0, ["conv1"])["conv1"]
+    C = sim.channel_cka(acts.double())
+    row = df[(df["layer_a"] == "conv1/ch0") & (df["layer_b"] == "conv1/ch2") & (df["measure"] == "cka")].iloc[0]
+    assert row["value"] == pytest.approx(C[0, 2], abs=1e-9)
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
