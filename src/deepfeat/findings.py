@@ -60,14 +60,14 @@ class Doc:
         return Num(float(v), digits, table, int(row), column, suffix)
 
     def mean_sd(self, table: str, row: int, digits: int, suffix: str = "", mean: str = "mean",
-                sd: str = "sd") -> list:
-        """'m ± s' (sd over seeds) or 'm (one seed)' when the sd is undefined."""
+                sd: str = "sd", single: str = "one seed") -> list:
+        """'m ± s' (sd over seeds) or 'm (one seed)' when the sd is undefined (``single`` names the unit)."""
         r = self.t[table].iloc[row]
         if pd.notna(r[sd]):
             return [self.num(table, row, mean, digits), " ± ", self.num(table, row, sd, digits, suffix)]
         out = [self.num(table, row, mean, digits, suffix)]
         if "n" in r.index and pd.notna(r["n"]) and int(r["n"]) == 1:
-            out += [" (one seed)"]
+            out += [f" ({single})"]
         return out
 
     # blocks --------------------------------------------------------------------------------------------
@@ -351,7 +351,8 @@ def _q2(d: Doc, main: str, measure: str) -> None:
             a = ss[ss["arch_a"] == arch]
             layer = last_layer(a["layer_a"])
             i = int(a.index[a["layer_a"] == layer][0])
-            parts += [", " if parts else "", f"{arch_display(arch)} {layer} ", d.mean_sd("similarity", i, 2)]
+            parts += [", " if parts else "", f"{arch_display(arch)} {layer} ",
+                      d.mean_sd("similarity", i, 2, single="one seed pair")]
         d.p(f"Networks of different seeds agree to this degree ({mname} of the same layer, mean ± sd over seed "
             "pairs): ", *parts, ".")
     aa = _rows(sim, comparison="arch_vs_arch", task=main, measure=measure, trained_a="trained")
