@@ -8,7 +8,11 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-configfile: "config.yaml"
+# config.yaml is the default; a --configfile given on the command line replaces it (instead of being merged
+# into it, which would silently keep the demo datasets of config.yaml in a run on your own data).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "report/workflow.rst"

@@ -30,6 +30,13 @@ def done(tmp_path_factory):
     return work
 
 
+def override(work, name, data) -> list[str]:
+    """Arguments that run the tiny config with ``data`` merged over it (a second --configfile, typed YAML)."""
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return ["--configfile", "configs/ci.yaml", path.name, "--cores", "2"]
+
+
 def cfg(work):
     return yaml.safe_load((work / "configs" / "ci.yaml").read_text())
 
@@ -65,7 +72,7 @@ def test_nothing_to_do_after_a_complete_run(done):
 
 
 def test_handcrafted_parameter_reruns_only_the_store_and_its_consumers(done):
-    r = snakemake(done, *CI, "-n", "--config", "handcrafted={'ricker_widths': [1, 5, 10, 25, 50]}")
+    r = snakemake(done, *override(done, "widths", {"handcrafted": {"ricker_widths": [1, 5, 10, 25, 50]}}), "-n")
     jobs = job_counts(r.stdout + r.stderr)
     n_ds = len(cfg(done)["datasets"])
     assert jobs.get("handcrafted") == n_ds, jobs
@@ -77,7 +84,7 @@ def test_handcrafted_parameter_reruns_only_the_store_and_its_consumers(done):
 def test_adding_a_seed_runs_only_the_new_branch_and_the_aggregates(done):
     c = cfg(done)
     seeds = c["models"]["seeds"] + [99]
-    r = snakemake(done, *CI, "-n", "--config", f"models={{'seeds': {seeds}}}")
+    r = snakemake(done, *override(done, "seeds", {"models": {"seeds": seeds}}), "-n")
     jobs = job_counts(r.stdout + r.stderr)
     n_ds, archs = len(c["datasets"]), c["models"]["architectures"]
     conv = [a for a in archs if a != "FeedForward"]
@@ -121,9 +128,9 @@ def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, t
     ckpt = model.with_suffix(".ckpt")
     target = str(model.relative_to(done))
     # more epochs make a longer job to kill; params change, so this reruns only this model's training
-    over = ["--config", "models={'epochs': 12}"]
+    args = override(done, "epochs", {"models": {"epochs": 12}})
     p = subprocess.Popen(
-        [SNAKEMAKE, *CI, *over, target, "--forcerun", target],
+        [SNAKEMAKE, *args, target, "--forcerun", target],
         cwd=done, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.time() + 300
@@ -133,7 +140,7 @@ def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, t
     time.sleep(1.0)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    snakemake(done, *CI, *over, target)
+    snakemake(done, *args, target)
     assert not ckpt.exists()
     got = torch.load(model, map_location="cpu", weights_only=False)
     assert got["meta"]["epochs"] == 12

@@ -142,3 +142,13 @@ def test_lint_is_clean():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "Lints for" not in out, out[-3000:]
+
+
+def test_a_configfile_on_the_command_line_replaces_config_yaml(tmp_path):
+    cfg = load("configs/ci.yaml")
+    cfg["datasets"] = {"mini": cfg["datasets"]["notes"]}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(cfg))
+    r = _snakemake("-n", "--configfile", str(tmp_path / "mine.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "results/mini/clips.h5" in out and "results/notes/" not in out and "composers" not in out
