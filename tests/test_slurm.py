@@ -72,8 +72,7 @@ def test_tiny_workflow_runs_through_slurm(tmp_path):
         info = subprocess.run(["scontrol", "-o", "show", "job", jobs[0]], capture_output=True, text=True).stdout
         assert f"JobId={jobs[0]}" in info, (rule, info)
         assert "JobState=COMPLETED" in info, (rule, info)
-        wants_gpu = "gpu" in info.split("TresPerNode=")[-1].split()[0] if "TresPerNode=" in info else False
-        wants_gpu = wants_gpu or "gres/gpu" in info
+        wants_gpu = re.search(r"(TresPer(Job|Node|Task)=\S*gpu|gres/gpu)", info) is not None
         assert wants_gpu == (rule in GPU_RULES), (rule, info)
     logs = list((work / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert logs, "no SLURM job logs kept"
