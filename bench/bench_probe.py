@@ -9,8 +9,20 @@ Baselines, timed in the same run on the same standardised synthetic features (n 
     started from the same initial weights (so its accuracy must equal ours);
   * batching: S probe seeds (and F features of one width) trained as one bmm model vs one probe at a time.
 
+  * primal vs dual form (--deep): probe_deep and probe_handcrafted end to end on realistic stage files, the
+    logistic probes forced into the primal form (SGD on W, the baseline) vs the automatic choice (the dual
+    form W = W0 + A Z wherever it is cheaper); the tables must agree (accuracies identical, RMSE to 1e-9),
+    except on probes whose float32 SGD is chaotic (random labels on a very wide layer: logits in the hundreds;
+    there the float32 primal form itself lands ~6 % away, in W, from the same SGD in float64, and the two forms
+    may differ by a test clip or so).
+
 Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_probe.py [--n 2000 --d 2000 --classes 8 --epochs 100]
        [--pipeline]  (adds probe_handcrafted on demo-scale files: grouped vs feature by feature)
+       OMP_NUM_THREADS=1 .venv/bin/python bench/bench_probe.py --deep [--workdir DIR] [--archs 1dF Regular]
+         (builds, or reuses from DIR, an ensembles-like set (480 clips, 22,050 Hz, tasks ensemble/work/region)
+         and a notes-like set (816 clips, 16 kHz, family/pitch/velocity): fake audio and mel spectrograms, the
+         real default hand-crafted store (deepfeat.handcrafted.build_store) and real deep files
+         (deepfeat.models.build_model + deepfeat.extract.extract_features, default deep config))
 """
 from __future__ import annotations
 
@@ -122,6 +134,130 @@ def pipeline(epochs, seeds):
           f"ratio {t_1 / t_b:.2f}x (identical tables: {same})")
 
 
+def realistic_files(folder, kind: str, arch_list, seed: int = 0):
+    """Stage files of one demo dataset under ``folder/kind``: mel.h5 and clips.h5 (fake but class-dependent
+    audio and spectrograms), handcrafted.h5 (build_store, config.yaml's handcrafted section) and one deep file
+    per architecture (a model whose 'untrained' and 'trained' weights are two seeded initialisations,
+    extracted with config.yaml's deep section). Files already present are reused."""
+    from pathlib import Path
+
+    import h5py
+    import pandas as pd
+    import yaml
+
+    from deepfeat import handcrafted as hc
+    from deepfeat.extract import extract_features
+    from deepfeat.io import write_clip_table, write_h5
+    from deepfeat.models import build_model, cpu_state, save_model
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load(open(root / "config.yaml"))
+    folder = Path(folder) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "ensembles":
+        n, sr, n_frames, n_classes, main = 480, 22050, 176, 10, "ensemble"
+    else:
+        n, sr, n_frames, n_classes, main = 816, 16000, 128, 8, "family"
+    if not (folder / "handcrafted.h5").exists():
+        rng = np.random.default_rng(seed)
+        codes = rng.integers(0, n_classes, n)
+        if kind == "ensembles":
+            tasks = [{"name": t, "type": "classification", "label": t} for t in ("ensemble", "work", "region")]
+            meta = pd.DataFrame({"ensemble": [f"ensemble_{c:02d}" for c in codes],
+                                 "work": [f"work{w}" for w in rng.integers(0, 6, n)],
+                                 "region": np.where(codes < 5, "european", "american")})
+        else:
+            tasks = [{"name": "family", "type": "classification", "label": "family"},
+                     {"name": "pitch", "type": "regression", "label": "pitch"},
+                     {"name": "velocity", "type": "regression", "label": "velocity"}]
+            meta = pd.DataFrame({"family": [f"family{c}" for c in codes], "pitch": rng.integers(21, 109, n) * 1.0,
+                                 "velocity": rng.choice([25.0, 50, 75, 100, 127], n)})
+        split = np.zeros(n, np.uint8)
+        split[rng.permutation(n)[: int(round(0.3 * n))]] = 1
+        meta.insert(0, "split", split)
+        meta.insert(0, "offset", 0.0)
+        meta.insert(0, "recording", [f"r{i}" for i in range(n)])
+        meta.insert(0, "clip_id", [f"c{i:05d}" for i in range(n)])
+        t = np.arange(4 * sr) / sr
+        audio = np.empty((n, t.size), np.float32)
+        for i in range(n):  # harmonic tones whose pitch depends on the class, decays, noise
+            f0 = 110 * 2 ** (codes[i] / 4 + rng.uniform(0, 0.2))
+            y = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 4)) * np.exp(-t * rng.uniform(0.2, 3))
+            audio[i] = 0.3 * y + 0.01 * rng.standard_normal(t.size)
+        with write_h5(folder / "clips.h5", "clips") as f:
+            f.create_dataset("audio", data=audio)
+            f.attrs.update(sample_rate=sr, clip_seconds=4.0)
+            write_clip_table(f, meta, tasks, main)
+        mel = rng.normal(-40, 8, (n, 128, n_frames))
+        for c in range(n_classes):
+            mel[codes == c, 5 + 12 * c : 12 + 12 * c, :] += 25
+        mel = np.clip(mel, -80, 0).astype(np.float32)
+        with write_h5(folder / "mel.h5", "mel") as f:
+            f.create_dataset("mel", data=mel, chunks=(1, 128, n_frames))
+            f.attrs.update(sample_rate=sr, train_mean=float(mel[split == 0].mean(dtype=np.float64)),
+                           train_std=float(mel[split == 0].std(dtype=np.float64)))
+            write_clip_table(f, meta, tasks, main)
+        t0 = time.perf_counter()
+        hc.build_store(folder / "clips.h5", folder / "mel.h5", folder / "handcrafted.h5", cfg["handcrafted"],
+                       {k: cfg["mel"][k] for k in ("n_fft", "hop_length")})
+        print(f"  built {folder / 'handcrafted.h5'} in {time.perf_counter() - t0:.0f} s", flush=True)
+    deep = {}
+    for arch in arch_list:
+        out = folder / arch / "seed1.h5"
+        if not out.exists():
+            with h5py.File(folder / "mel.h5", "r") as f:
+                stats = {k: float(f.attrs[k]) for k in ("train_mean", "train_std")}
+            torch.manual_seed(1)
+            init = build_model(arch, 128, n_frames, n_classes)
+            torch.manual_seed(1001)
+            final = build_model(arch, 128, n_frames, n_classes)
+            save_model(folder / f"{arch}.pt", {"arch": arch, "seed": 1, "task": main, "input_shape": [1, 128, n_frames],
+                                               "n_outputs": n_classes, **stats}, cpu_state(init), cpu_state(final))
+            out.parent.mkdir(exist_ok=True)
+            extract_features(folder / f"{arch}.pt", folder / "mel.h5", out, {**cfg["deep"], "device": "cpu"})
+        deep[arch] = out
+    return folder, deep, cfg["probe"]
+
+
+def forms(workdir, arch_list):
+    """probe_deep (one model file per architecture and dataset) and probe_handcrafted (notes-like, 816 clips),
+    forced primal form (baseline) vs automatic choice, on realistic files at the default config."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    import deepfeat.probe as probe
+
+    log = logging.getLogger("bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(workdir or tmp)
+        print(f"\n[primal vs dual form, default probe config, files in {work}]")
+        runs = []
+        for kind in ("ensembles", "notes"):
+            folder, deep, params = realistic_files(work, kind, arch_list)
+            for arch, path in deep.items():
+                runs.append((f"probe_deep {kind} {arch}", lambda p=path, f=folder, q=params: probe.probe_deep(
+                    p, f / "handcrafted.h5", f / "mel.h5", q, kind, log)))
+        runs.append(("probe_handcrafted notes (816 clips)", lambda f=folder, q=params: probe.probe_handcrafted(
+            f / "handcrafted.h5", f / "mel.h5", q, "notes", log)))
+        for name, fn in runs:
+            probe.FORM = "primal"
+            try:
+                t_p, (s_p, c_p) = timed(fn)
+            finally:
+                probe.FORM = "auto"
+            t_a, (s_a, c_a) = timed(fn)
+            pd.testing.assert_frame_equal(s_p.drop(columns="value"), s_a.drop(columns="value"))
+            acc = (s_p["metric"] == "accuracy").to_numpy()
+            diff = np.abs(s_p["value"].to_numpy() - s_a["value"].to_numpy())
+            rel = float((diff[~acc] / np.abs(s_p["value"].to_numpy()[~acc])).max()) if (~acc).any() else 0.0
+            print(f"  {name:40s} primal {t_p:6.1f} s, auto {t_a:6.1f} s: ratio {t_p / t_a:5.1f}x "
+                  f"(accuracies identical: {int((diff[acc] == 0).sum())}/{int(acc.sum())}, max |difference| "
+                  f"{diff[acc].max():.4f}; max relative RMSE difference {rel:.1e})")
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -138,8 +274,15 @@ def main():
     ap.add_argument("--features", type=int, default=20, help="features of width --small-d for the batching case")
     ap.add_argument("--small-d", type=int, default=128)
     ap.add_argument("--pipeline", action="store_true", help="also time probe_handcrafted on demo-scale files")
+    ap.add_argument("--deep", action="store_true", help="only the primal vs dual comparison on realistic files")
+    ap.add_argument("--workdir", default=None, help="--deep: build/reuse the stage files here (default: temp dir)")
+    ap.add_argument("--archs", nargs="+", default=["1dF", "Regular"], help="--deep: architectures to extract")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.deep:
+        print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+        forms(args.workdir, args.archs)
+        return
     params = {"epochs": args.epochs, "device": "cpu"}
     C = args.classes
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, n {args.n}, d {args.d}, "

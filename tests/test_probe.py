@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import deepfeat.probe as probe
 from deepfeat.io import write_h5
 from deepfeat.probe import (CONFUSION_COLUMNS, SCORE_COLUMNS, fit_linear, fit_logistic, fit_logistic_many,
-                            init_linear, probe_deep, probe_handcrafted, standardise)
+                            gram_matrix, init_linear, logistic_costs, probe_deep, probe_handcrafted, standardise)
 from conftest import write_fake_mel
 
 FAST = {"epochs": 100, "seeds": [0, 1], "device": "cpu"}
@@ -43,27 +43,105 @@ def test_random_labels_give_chance_on_test():
     assert abs(r["test_acc"] - 0.25) < 0.08  # 400 test clips: sd of chance accuracy ~0.022
 
 
-def test_sgd_matches_dataloader_linear_sgd_reference():
-    """Same init and seed: our closed-form batched SGD equals nn.Linear + CrossEntropyLoss + optim.SGD + DataLoader."""
-    X, y = blobs(200, 7, 4, sep=1.0, seed=2)
-    Z, _ = standardise(X, X[:5])
-    r = fit_logistic(X, y, X[:5], y[:5], 4, seed=5, params={"epochs": 4, "device": "cpu"})
-    lin = torch.nn.Linear(7, 4)
-    w, b = init_linear(7, 4, 5)
+def reference_sgd(Z, y, n_classes, seed, epochs):
+    """nn.Linear + CrossEntropyLoss + optim.SGD(0.01, momentum 0.9) + DataLoader(batch 64, shuffle, seeded)."""
+    lin = torch.nn.Linear(Z.shape[1], n_classes)
+    w, b = init_linear(Z.shape[1], n_classes, seed)
     with torch.no_grad():
         lin.weight.copy_(w)
         lin.bias.copy_(b)
     opt = torch.optim.SGD(lin.parameters(), lr=0.01, momentum=0.9)
     dl = DataLoader(TensorDataset(torch.from_numpy(Z), torch.from_numpy(y)), batch_size=64, shuffle=True,
-                    generator=torch.Generator().manual_seed(5))
-    for _ in range(4):
+                    generator=torch.Generator().manual_seed(seed))
+    for _ in range(epochs):
         for xb, yb in dl:
             opt.zero_grad()
             torch.nn.functional.cross_entropy(lin(xb), yb).backward()
             opt.step()
-    torch.testing.assert_close(r["weight"], lin.weight.detach(), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(r["bias"], lin.bias.detach(), atol=1e-6, rtol=1e-5)
+    return lin.weight.detach(), lin.bias.detach(), w
+
+
+def test_sgd_matches_dataloader_linear_sgd_reference():
+    """Same init and seed: our closed-form batched SGD equals nn.Linear + CrossEntropyLoss + optim.SGD + DataLoader."""
+    X, y = blobs(200, 7, 4, sep=1.0, seed=2)
+    Z, _ = standardise(X, X[:5])
+    r = fit_logistic(X, y, X[:5], y[:5], 4, seed=5, params={"epochs": 4, "device": "cpu"})
+    weight, bias, w = reference_sgd(Z, y, 4, 5, 4)
+    torch.testing.assert_close(r["weight"], weight, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(r["bias"], bias, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(r["weight"], w)  # it did train
+
+
+def test_dual_form_matches_dataloader_linear_sgd_reference():
+    """W = W0 + A Z trained on A (features outnumber clips) lands on the reference's weights too."""
+    X, y = blobs(150, 400, 3, sep=0.3, seed=12)
+    Z, Zte = standardise(X[:110], X[110:])
+    r = fit_logistic_many(Z, y[:110], Zte, y[110:], [3], [4], {"epochs": 6, "device": "cpu"}, form="dual")
+    weight, bias, w = reference_sgd(Z, y[:110], 3, 4, 6)
+    assert r["form"] == "dual" and not torch.allclose(weight, w)
+    torch.testing.assert_close(r["weight"][0, 0, 0], weight, atol=1e-4 * float(weight.abs().max()), rtol=0)
+    torch.testing.assert_close(r["bias"][0, 0, 0], bias, atol=1e-6, rtol=1e-4)
+
+
+def test_dual_form_equals_primal_form_for_batched_tasks_features_and_seeds():
+    """p >> n: 2 features x 3 tasks (3, 5, 2 classes) x 2 seeds in one batch, primal vs dual: identical
+    accuracies and confusions, weights and logits within 1e-4 relative, padded class rows still zero."""
+    rng = np.random.default_rng(11)
+    n, d = 100, 1500
+    Y = np.stack([rng.integers(0, 3, n), rng.integers(0, 5, n), rng.integers(0, 2, n)])
+    Xs = [rng.normal(size=(n, d)).astype(np.float32) for _ in range(2)]
+    Xs[0][:, :60] += np.repeat(np.eye(3, dtype=np.float32)[Y[0]], 20, axis=1)  # something to learn for task 0
+    Z = [standardise(x[:70], x[70:]) for x in Xs]
+    args = ([z[0] for z in Z], Y[:, :70], [z[1] for z in Z], Y[:, 70:], [3, 5, 2], [0, 9],
+            {"epochs": 20, "device": "cpu"})
+    pri = fit_logistic_many(*args, form="primal")
+    dua = fit_logistic_many(*args, form="dual")
+    assert (pri["form"], dua["form"], fit_logistic_many(*args)["form"]) == ("primal", "dual", "dual")
+    assert pri["costs"]["dual"] < pri["costs"]["primal"]
+    assert np.array_equal(dua["train_acc"], pri["train_acc"]) and np.array_equal(dua["test_acc"], pri["test_acc"])
+    assert pri["test_acc"][:, 0, 0].min() > 0.6  # it learned (chance 1/3)
+    for s in range(2):
+        for f in range(2):
+            for k, c in enumerate([3, 5, 2]):
+                assert np.array_equal(dua["confusion"][s][f][k], pri["confusion"][s][f][k])
+                Wp, Wd = pri["weight"][s, f, k, :c], dua["weight"][s, f, k, :c]
+                torch.testing.assert_close(Wd, Wp, atol=1e-4 * float(Wp.abs().max()), rtol=0)
+                torch.testing.assert_close(dua["bias"][s, f, k, :c], pri["bias"][s, f, k, :c], atol=1e-6, rtol=1e-4)
+                assert (dua["weight"][s, f, k, c:] == 0).all()
+                zp = torch.from_numpy(Z[f][1]) @ Wp.T + pri["bias"][s, f, k, :c]
+                zd = torch.from_numpy(Z[f][1]) @ Wd.T + dua["bias"][s, f, k, :c]
+                torch.testing.assert_close(zd, zp, atol=1e-4 * float(zp.abs().max()), rtol=0)
+    w0, _ = init_linear(d, 5, 9)  # training moved the weights far more than the two forms differ
+    w = dua["weight"][1, 1, 1]
+    assert (w - w0).abs().max() > 10 * (w - pri["weight"][1, 1, 1]).abs().max()
+    # a given Gram matrix (any float dtype) is used as is
+    g = fit_logistic_many(*args, form="dual", gram=[gram_matrix(z[0]) for z in Z])
+    torch.testing.assert_close(g["weight"], dua["weight"], atol=1e-5 * float(dua["weight"].abs().max()), rtol=0)
+    with pytest.raises(ValueError, match=r"gram: expected 2 training Gram matrices of shape \(70, 70\)"):
+        fit_logistic_many(*args, gram=[gram_matrix(Z[0][0])])
+    with pytest.raises(ValueError, match="form must be"):
+        fit_logistic_many(*args, form="kernel")
+
+
+def test_form_choice_by_estimated_cost():
+    wide = logistic_costs(336, 144, 98560, [10, 6, 2], 1, {"epochs": 30})  # a 1dF conv2 layer, 3 tasks
+    assert wide["form"] == "dual" and wide["dual"] < wide["primal"] / 10
+    assert logistic_costs(571, 245, 128, [8], 3, {"epochs": 30})["form"] == "primal"  # a 128-d hand-crafted feature
+    given = logistic_costs(571, 245, 128, [8], 3, {"epochs": 30}, gram_columns=0)
+    assert given["gram"] == 0 and given["dual"] < logistic_costs(571, 245, 128, [8], 3, {"epochs": 30})["dual"]
+    assert logistic_costs(40000, 15000, 98560, [9], 1, {"epochs": 1})["form"] == "primal"  # K would be 12.8 GB
+
+
+@pytest.mark.parametrize("n", [7, 1100])  # one block of rows, and several (the mirrored triangle in blocks)
+def test_gram_matrix_over_column_blocks(monkeypatch, n):
+    monkeypatch.setattr(probe, "BLOCK_BYTES", 1)  # blocks of 256 columns: 3 blocks
+    Z = np.random.default_rng(n).normal(size=(n, 700)).astype(np.float32)
+    ref = Z.astype(np.float64) @ Z.astype(np.float64).T
+    K64, K32 = gram_matrix(Z), gram_matrix(torch.from_numpy(Z), torch.float32)
+    assert K64.dtype == torch.float64 and K32.dtype == torch.float32 and K64.is_contiguous()
+    np.testing.assert_allclose(K64.numpy(), ref, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(K32.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert torch.equal(K64, K64.T) and torch.equal(K32, K32.T)
 
 
 def test_determinism_for_a_seed():
@@ -164,6 +242,24 @@ def test_several_targets_at_once_equal_one_at_a_time(p):
         assert both["test_rmse"][k] == pytest.approx(one["test_rmse"], rel=1e-10)
         assert both["train_rmse"][k] == pytest.approx(one["train_rmse"], rel=1e-9, abs=1e-9)
         np.testing.assert_allclose(both["pred"][:, k], one["pred"], rtol=1e-10)
+
+
+def test_ridge_from_a_given_gram_matrix_equals_the_direct_fit():
+    """Standardised features: the uncentred Gram matrix, double-centred, gives the same ridge fit."""
+    rng = np.random.default_rng(13)
+    X = rng.normal(3.0, 2.0, size=(60, 250)).astype(np.float32)
+    Y = np.column_stack([40 + 5 * X[:, 0], rng.normal(60, 9, 60)])
+    Ztr, Zte = standardise(X[:45], X[45:])
+    direct = fit_linear(Ztr, Y[:45], Zte, Y[45:], ridge=1e-2)
+    given = fit_linear(Ztr, Y[:45], Zte, Y[45:], ridge=1e-2, gram=gram_matrix(Ztr))
+    assert direct["method"] == given["method"] == "ridge_dual"
+    assert given["ridge_used"] == pytest.approx(direct["ridge_used"], rel=1e-12)
+    for key in ("pred", "coef", "intercept", "train_rmse", "test_rmse"):
+        np.testing.assert_allclose(given[key], direct[key], rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match=r"nearly\) centred features"):  # raw features, mean 3: refused
+        fit_linear(X[:45], Y[:45], X[45:], Y[45:], gram=gram_matrix(X[:45]))
+    with pytest.raises(ValueError, match=r"gram must be the float64 \(45, 45\)"):
+        fit_linear(Ztr, Y[:45], Zte, Y[45:], gram=gram_matrix(Ztr, torch.float32))
 
 
 def test_more_features_than_clips_uses_dual_ridge_and_stays_finite():
@@ -314,6 +410,43 @@ def test_probe_deep_tidy_tables_and_concatenation(stage_files):
     # confusions for every classification probe: 3 layers x 2 + 2 concatenations
     assert conf.groupby(["feature", "trained"]).ngroups == 3 * 2 + 2
     assert (conf.groupby(["feature", "trained"])["count"].sum() == int((meta["split"] == 1).sum())).all()
+
+
+def test_probe_deep_dual_and_primal_forms_give_the_same_tables(tmp_path, monkeypatch):
+    """Wide layers and the concatenations run in the dual form (the concatenations reusing conv3's Gram
+    matrix), a narrow layer in the primal: the tables equal those of the primal form everywhere, and a
+    concatenation's accuracy equals a probe fitted directly on the concatenated standardised columns."""
+    _, meta = write_fake_mel(tmp_path / "mel.h5", n=60, n_mels=8, n_frames=8)
+    write_handcrafted(tmp_path / "handcrafted.h5", meta)
+    write_deep(tmp_path / "seed10.h5", meta, widths={"conv3": 30, "conv1": 70, "pool1": 6})
+    params = {**FAST, "epochs": 30, "concat_features": ["Time to -70 dB", "Mean Wavelet (25)"]}
+    files = (tmp_path / "seed10.h5", tmp_path / "handcrafted.h5", tmp_path / "mel.h5", params, "toy")
+    log, lines = list_logger("test_probe.forms")
+    auto = probe_deep(*files, log)
+    monkeypatch.setattr(probe, "FORM", "primal")
+    primal = probe_deep(*files)
+    formed = [x for x in lines if x.startswith("trained ")]
+    assert sum("width 6 " in x and "primal form" in x for x in formed) == 1
+    assert sum("width 70 " in x and "dual form" in x for x in formed) == 1
+    cat = [x for x in formed if "width 38 " in x or "width 35 " in x]  # conv3 (30) + hand-crafted (8 or 5)
+    assert len(cat) == 2 and all("dual form" in x and "Gram matrix given" in x for x in cat)
+    for a, b in zip(auto, primal):
+        pd.testing.assert_frame_equal(a.drop(columns=a.columns[-1]), b.drop(columns=b.columns[-1]))
+    pd.testing.assert_frame_equal(auto[1], primal[1])  # confusion counts identical
+    acc = auto[0]["metric"] == "accuracy"
+    assert np.array_equal(auto[0].loc[acc, "value"], primal[0].loc[acc, "value"])
+    np.testing.assert_allclose(auto[0].loc[~acc, "value"], primal[0].loc[~acc, "value"], rtol=1e-9)
+    import h5py
+    split = meta["split"].to_numpy()
+    with h5py.File(tmp_path / "seed10.h5") as f, h5py.File(tmp_path / "handcrafted.h5") as g:
+        blocks = [standardise(x[split == 0], x[split == 1]) for x in (f["trained/conv3"][:],
+                                                                     g["features"][hc_key("Mean Wavelet (25)")][:])]
+    y = np.arange(60) % 3
+    direct = fit_logistic_many(np.hstack([b[0] for b in blocks]), y[split == 0], np.hstack([b[1] for b in blocks]),
+                               y[split == 1], [3], [10], params, form="primal")
+    s = auto[0].set_index(["feature", "split"])
+    assert s.loc[("Regular conv3 + Mean Wavelet (25)", "test"), "value"] == direct["test_acc"][0, 0, 0]
+    assert s.loc[("Regular conv3 + Mean Wavelet (25)", "train"), "value"] == direct["train_acc"][0, 0, 0]
 
 
 def test_bad_concat_name_lists_available_features(stage_files):

@@ -16,6 +16,16 @@ Definitions
   training data stays on the device and batches are gathered by index. Many probes (features of the same
   width x tasks x seeds) are trained at once as one batched model (``torch.bmm``); every probe's result is
   independent of what it is batched with. Accuracy = fraction of clips whose arg-max class is the true one.
+* **Primal and dual form of the same SGD.** Every SGD/momentum step adds ``G Z_b`` (G: C x B gradient of the
+  batch logits, Z_b the batch rows of the standardised training matrix Z, n_train x d) to the velocity, so
+  ``W = W0 + A Z`` and ``v_W = v_A Z`` at every step, with A and v_A (C x n_train) receiving ``G`` in the
+  batch's columns. With the training Gram matrix ``K = Z Z'`` the batch logits are ``W0 Z_b' + A K[:, b] + b``
+  and the updates are ``v_A <- mu v_A + scatter_b(G)``, ``A <- A - lr v_A``: the same iterates as on W, at
+  O(n_train) instead of O(d) per clip, after computing K once per feature (shared by every task and seed,
+  and by the least-squares probes; a concatenation of separately standardised blocks has K = sum of the
+  blocks' K). At the end ``W = W0 + A Z`` is formed explicitly (returned, and used for the test clips). The
+  form with fewer estimated multiply-adds runs (:func:`logistic_costs`); both give the same probes up to
+  float32 rounding (tests compare them).
 * **Regression probe.** Ordinary least squares with an intercept in float64; test RMSE in the target's raw
   units (MIDI pitch, velocity). When the model would have at least as many parameters as training clips
   (p + 1 >= n_train) the fit is ridge regression solved in the dual (n x n) form with penalty
@@ -38,6 +48,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.linalg import blas
 
 from deepfeat.io import TEST, TRAIN, open_h5, pick_device, read_clip_table
 
@@ -57,8 +68,11 @@ CONFUSION_COLUMNS = KEY_COLUMNS + ["split", "true", "predicted", "count"]
 CONCAT_LAYER = "conv3"
 GROUP_BYTES = 256 * 2**20  # features of equal width are stacked into one batched model up to this size
 CHUNK_BYTES = 64 * 2**20  # float64 working chunks of the statistics / least-squares passes
+BLOCK_BYTES = 8 * 2**20  # float64 column blocks of the standardisation and Gram passes (cache-sized)
 LSTSQ_BYTES = 256 * 2**20  # OLS through LAPACK gelsd (SVD) on CPU when the float64 design fits in this
 PROGRESS_SECONDS = 30.0  # epoch progress lines at most this often during long trainings
+GRAM_BYTES = 2 * 2**30  # the dual form's n_train x n_train Gram matrix (float64) at most this large
+FORM = "auto"  # logistic probes of the pipelines: auto (fewer estimated multiply-adds) | primal | dual
 
 _log = logging.getLogger("deepfeat")
 
@@ -93,10 +107,14 @@ def probe_params(params: dict | None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Standardisation with training statistics
+# Standardisation with training statistics; Gram matrices
 # ----------------------------------------------------------------------------------------------------------
 def _rows_per_chunk(d: int) -> int:
     return max(1, CHUNK_BYTES // (8 * max(1, d)))
+
+
+def _cols_per_block(n: int) -> int:
+    return max(64, BLOCK_BYTES // (8 * max(1, n)))
 
 
 def _check_2d(X, what: str) -> None:
@@ -104,8 +122,21 @@ def _check_2d(X, what: str) -> None:
         raise ValueError(f"{what}: expected a 2-D (clips x features) array, got shape {getattr(X, 'shape', None)}")
 
 
+def _centre_block(c: np.ndarray, name: str, a: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training mean and population std (std 0 -> 1) of a float64 column block ``c`` (columns a..), which is
+    centred in place. Raises ValueError naming ``name`` on NaN/inf."""
+    if not np.isfinite(c).all():
+        raise ValueError(f"{name}: {int((~np.isfinite(c)).sum())} non-finite value(s) in the training split "
+                         f"(columns {a}..{a + c.shape[1] - 1})")
+    mean = c.sum(0) / len(c)
+    c -= mean
+    std = np.sqrt(np.einsum("ij,ij->j", c, c) / len(c))
+    std[std == 0] = 1.0
+    return mean, std
+
+
 def train_stats(Xtr: np.ndarray, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and population std (ddof 0) in float64, two chunked passes; std 0 -> 1.
+    """Column mean and population std (ddof 0) in float64 over cache-sized column blocks; std 0 -> 1.
 
     Raises ValueError naming ``name`` when a value is NaN or infinite.
     """
@@ -113,32 +144,11 @@ def train_stats(Xtr: np.ndarray, name: str = "features") -> tuple[np.ndarray, np
     n, d = Xtr.shape
     if n == 0:
         raise ValueError(f"{name}: the training split is empty")
-    step = _rows_per_chunk(d)
-    total = np.zeros(d)
-    for i in range(0, n, step):
-        c = np.asarray(Xtr[i : i + step], dtype=np.float64)
-        if not np.isfinite(c).all():
-            bad = int((~np.isfinite(c)).sum())
-            raise ValueError(f"{name}: {bad} non-finite value(s) in training rows {i}..{i + len(c) - 1}")
-        total += c.sum(0)
-    mean = total / n
-    sq = np.zeros(d)
-    for i in range(0, n, step):
-        c = np.asarray(Xtr[i : i + step], dtype=np.float64) - mean
-        sq += np.einsum("ij,ij->j", c, c)
-    std = np.sqrt(sq / n)
-    std[std == 0] = 1.0
+    mean, std = np.empty(d), np.empty(d)
+    w = _cols_per_block(n)
+    for a in range(0, d, w):
+        mean[a : a + w], std[a : a + w] = _centre_block(np.array(Xtr[:, a : a + w], dtype=np.float64), name, a)
     return mean, std
-
-
-def _apply_stats(X: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray, name: str) -> np.ndarray:
-    step = _rows_per_chunk(X.shape[1])
-    for i in range(0, X.shape[0], step):
-        c = np.asarray(X[i : i + step], dtype=np.float64)
-        if not np.isfinite(c).all():
-            raise ValueError(f"{name}: {int((~np.isfinite(c)).sum())} non-finite value(s) in rows {i}..")
-        out[i : i + step] = (c - mean) / std
-    return out
 
 
 def standardise(Xtr, Xte, *, name: str = "features", return_stats: bool = False, inplace: bool = False):
@@ -146,27 +156,72 @@ def standardise(Xtr, Xte, *, name: str = "features", return_stats: bool = False,
 
     Returns float32 ``(Ztr, Zte)`` (plus ``(mean, std)`` when ``return_stats``). Constant training columns
     get std 1; NaN/inf inputs raise ValueError naming ``name``. ``inplace=True`` overwrites float32 numpy
-    inputs instead of allocating (used for large layers).
+    inputs instead of allocating (used for large layers). One pass over cache-sized column blocks:
+    ``z = (x - mean) / std`` computed in float64, stored as float32.
     """
-    Xtr = Xtr.numpy() if isinstance(Xtr, torch.Tensor) else Xtr
-    Xte = Xte.numpy() if isinstance(Xte, torch.Tensor) else Xte
+    Xtr = Xtr.numpy() if isinstance(Xtr, torch.Tensor) else np.asarray(Xtr)
+    Xte = Xte.numpy() if isinstance(Xte, torch.Tensor) else np.asarray(Xte)
     _check_2d(Xtr, f"{name} (train)")
     _check_2d(Xte, f"{name} (test)")
     if Xtr.shape[1] != Xte.shape[1]:
         raise ValueError(f"{name}: train has {Xtr.shape[1]} columns but test has {Xte.shape[1]}")
-    mean, std = train_stats(Xtr, name)
-    outs = []
-    for X in (Xtr, Xte):
-        if inplace and isinstance(X, np.ndarray) and X.dtype == np.float32 and X.flags.writeable:
-            out = X
-        else:
-            out = np.empty(X.shape, dtype=np.float32)
-        outs.append(_apply_stats(X, mean, std, out, name))
+    n, d = Xtr.shape
+    if n == 0:
+        raise ValueError(f"{name}: the training split is empty")
+    outs = [X if inplace and X.dtype == np.float32 and X.flags.writeable else np.empty(X.shape, np.float32)
+            for X in (Xtr, Xte)]
+    mean, std = np.empty(d), np.empty(d)
+    w = _cols_per_block(max(n, len(Xte)))
+    for a in range(0, d, w):
+        c = np.array(Xtr[:, a : a + w], dtype=np.float64)
+        m, s = _centre_block(c, name, a)
+        c /= s
+        outs[0][:, a : a + w] = c
+        t = np.array(Xte[:, a : a + w], dtype=np.float64)
+        if not np.isfinite(t).all():
+            raise ValueError(f"{name}: {int((~np.isfinite(t)).sum())} non-finite value(s) in the test split "
+                             f"(columns {a}..{a + t.shape[1] - 1})")
+        t -= m
+        t /= s
+        outs[1][:, a : a + w] = t
+        mean[a : a + w], std[a : a + w] = m, s
     return (outs[0], outs[1], mean, std) if return_stats else (outs[0], outs[1])
 
 
+def gram_matrix(Z, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """The Gram matrix ``K = Z Z'`` (n x n) of a float32 (n x d) matrix, as a ``dtype`` tensor on ``device``.
+
+    Summed over column blocks in ``dtype``: float64 forms the exact products of the float32 inputs and sums
+    them in float64. On the CPU the blocks go through BLAS ?syrk into one triangle of K (half the
+    multiply-adds of a matrix product; no n x n temporaries), mirrored at the end; elsewhere through torch.
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"gram_matrix: dtype must be torch.float32 or torch.float64, got {dtype}")
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    _check_2d(Z, "gram_matrix")
+    n, d = Z.shape
+    w = max(256, _cols_per_block(n))
+    if dev.type != "cpu":
+        Zt = (Z if isinstance(Z, torch.Tensor) else torch.from_numpy(np.asarray(Z, dtype=np.float32))).to(dev)
+        K = torch.zeros(n, n, dtype=dtype, device=dev)
+        for a in range(0, d, w):
+            c = Zt[:, a : a + w].to(dtype)
+            K.addmm_(c, c.T)
+        return K
+    Zn = Z.detach().cpu().numpy() if isinstance(Z, torch.Tensor) else np.asarray(Z, dtype=np.float32)
+    np_dtype, syrk = (np.float64, blas.dsyrk) if dtype == torch.float64 else (np.float32, blas.ssyrk)
+    K = np.zeros((n, n), dtype=np_dtype, order="F")
+    for a in range(0, d, w):  # c' of the C-ordered copy is Fortran-ordered: BLAS reads it in place
+        K = syrk(1.0, np.array(Zn[:, a : a + w], dtype=np_dtype).T, beta=1.0, c=K, trans=1, overwrite_c=1)
+    for a in range(0, n, 1024):  # lower triangle := upper, block by block, in place
+        K[a : a + 1024, :a] = K[:a, a : a + 1024].T
+        blk = K[a : a + 1024, a : a + 1024]
+        blk[np.tril_indices(len(blk), -1)] = blk.T[np.tril_indices(len(blk), -1)]
+    return torch.from_numpy(K.T)  # symmetric: the C-ordered view of the Fortran-ordered K
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Logistic regression: batched SGD with the closed-form gradient
+# Logistic regression: batched SGD with the closed-form gradient, primal (W) or dual (A, W = W0 + A Z) form
 # ----------------------------------------------------------------------------------------------------------
 class _EpochOrder:
     """The clip order of each epoch of ``DataLoader(..., shuffle=True, generator=Generator().manual_seed(seed))``.
@@ -195,20 +250,18 @@ def init_linear(d: int, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.
     return w, b
 
 
-def _as_group(X, device) -> torch.Tensor:
-    """(F, n, d) float32 tensor on ``device`` from an array (n, d), a list of F (n, d) arrays, or (F, n, d)."""
+def _as_list(X, device) -> list[torch.Tensor]:
+    """F float32 (n, d) tensors on ``device`` from an array (n, d), a list of F (n, d) arrays, or (F, n, d)."""
     if isinstance(X, (list, tuple)):
         parts = [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in X]
-        if len({tuple(x.shape) for x in parts}) != 1 or parts[0].ndim != 2:
+        if not parts or len({tuple(x.shape) for x in parts}) != 1 or parts[0].ndim != 2:
             raise ValueError(f"features: a group needs (n, d) arrays of one shape, got {[tuple(x.shape) for x in parts]}")
-        X = parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts, 0)
     else:
         X = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.asarray(X, dtype=np.float32))
-        if X.ndim == 2:
-            X = X.unsqueeze(0)
-    if X.ndim != 3:
-        raise ValueError(f"features: expected (n, d), (F, n, d) or a list of (n, d), got shape {tuple(X.shape)}")
-    return X.to(device=device, dtype=torch.float32).contiguous()
+        if X.ndim not in (2, 3):
+            raise ValueError(f"features: expected (n, d), (F, n, d) or a list of (n, d), got shape {tuple(X.shape)}")
+        parts = [X] if X.ndim == 2 else list(X.unbind(0))
+    return [x.to(device=device, dtype=torch.float32).contiguous() for x in parts]
 
 
 def _as_labels(Y, n: int, n_classes: Sequence[int], what: str) -> np.ndarray:
@@ -236,9 +289,60 @@ def _class_mask(n_classes: Sequence[int], device) -> torch.Tensor | None:
     return mask.to(device)
 
 
-def _train_group(XF: torch.Tensor, Ytr: np.ndarray, n_classes: Sequence[int], seeds: Sequence[int], hp: dict,
-                 log: logging.Logger | None = None, label: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """SGD for F x S x K probes at once. XF (F, n, d): standardised training features; Ytr (K, n) codes.
+def _live_rows(n_classes: Sequence[int], S: int, device) -> torch.Tensor:
+    """Indices of the real (not padded) class rows of an (S * K * Cmax) stack of weight rows."""
+    cmax = max(n_classes)
+    rows = [(s * len(n_classes) + k) * cmax + c for s in range(S) for k, nc in enumerate(n_classes) for c in range(nc)]
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+def _init_weights(d: int, n_classes: Sequence[int], seeds: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial weights (S, K*Cmax, d) and biases (S, K*Cmax, 1): task k of seed s from init_linear(d, C_k, s),
+    padded class rows zero."""
+    K, S, cmax = len(n_classes), len(seeds), max(n_classes)
+    W0 = torch.zeros(S, K, cmax, d)
+    b0 = torch.zeros(S, K, cmax)
+    for si, s in enumerate(seeds):
+        for k, c in enumerate(n_classes):
+            W0[si, k, :c], b0[si, k, :c] = init_linear(d, c, s)
+    return W0.view(S, K * cmax, d).to(device), b0.view(S, K * cmax, 1).to(device)
+
+
+def _onehot(Ytr: np.ndarray, n_classes: Sequence[int], device) -> torch.Tensor:
+    onehot = torch.zeros(len(n_classes), max(n_classes), Ytr.shape[1], device=device)  # (K, Cmax, n)
+    onehot.scatter_(1, torch.as_tensor(Ytr, device=device).unsqueeze(1), 1.0)
+    return onehot
+
+
+def _logit_grad(z: torch.Tensor, onehot: torch.Tensor, idx: torch.Tensor, mask, F: int, S: int, K: int,
+                cmax: int, B: int) -> torch.Tensor:
+    """d mean-CE / d logits = (softmax - onehot) / B for logits z (F*S, K*Cmax, B) of the seed-major batch
+    ``idx`` (S*B,)."""
+    if mask is not None:
+        z = (z.view(F * S, K, cmax, B) + mask).view(F * S, K * cmax, B)
+    G = torch.softmax(z.view(F, S, K, cmax, B), dim=3)
+    G.sub_(onehot.index_select(2, idx).view(K, cmax, S, B).permute(2, 0, 1, 3)).div_(B)
+    return G.view(F * S, K * cmax, B)
+
+
+def _sgd_loop(n: int, seeds: Sequence[int], hp: dict, step, log: logging.Logger | None, label: str) -> None:
+    """Run ``step(idx (S, B))`` for every mini-batch of every epoch, batches in the reference DataLoader order."""
+    bs, epochs = int(hp["batch_size"]), int(hp["epochs"])
+    orders = [_EpochOrder(s) for s in seeds]
+    t0 = last = time.perf_counter()
+    for epoch in range(epochs):
+        perm = torch.stack([o.next(n) for o in orders])  # (S, n)
+        for start in range(0, n, bs):
+            step(perm[:, start : start + bs])
+        now = time.perf_counter()
+        if log is not None and now - last >= PROGRESS_SECONDS and epoch + 1 < epochs:
+            log.info(f"  {label}: epoch {epoch + 1}/{epochs}, {now - t0:.0f} s")
+            last = now
+
+
+def _train_primal(XF: torch.Tensor, Ytr: np.ndarray, n_classes: Sequence[int], seeds: Sequence[int], W0, b0,
+                  hp: dict, log: logging.Logger | None = None, label: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """SGD on W for F x S x K probes at once. XF (F, n, d): standardised training features; Ytr (K, n) codes.
 
     Layout (chosen for speed on CPU, measured in bench/bench_probe.py): probe block j = f * S + s; weights
     Wt (F*S, K*Cmax, d) (nn.Linear's C x d per task), logits computed transposed (F*S, K*Cmax, B) so the
@@ -246,52 +350,81 @@ def _train_group(XF: torch.Tensor, Ytr: np.ndarray, n_classes: Sequence[int], se
     """
     F, n, d = XF.shape
     K, S, cmax = len(n_classes), len(seeds), max(n_classes)
-    KC, dev = K * cmax, XF.device
-    mask = _class_mask(n_classes, dev)
-    onehot = torch.zeros(K, cmax, n, device=dev)  # (K, Cmax, n)
-    onehot.scatter_(1, torch.as_tensor(Ytr, device=dev).unsqueeze(1), 1.0)
-    Wt = torch.zeros(S, K, cmax, d)
-    bt = torch.zeros(S, K, cmax)
-    for si, s in enumerate(seeds):
-        for k, c in enumerate(n_classes):
-            Wt[si, k, :c], bt[si, k, :c] = init_linear(d, c, s)
-    Wt = Wt.view(S, KC, d).repeat(F, 1, 1).to(dev)  # block f*S+s starts from seed s's initial weights
-    bt = bt.view(S, KC, 1).repeat(F, 1, 1).to(dev)
+    dev = XF.device
+    mask, onehot = _class_mask(n_classes, dev), _onehot(Ytr, n_classes, dev)
+    Wt = W0.repeat(F, 1, 1)  # block f*S+s starts from seed s's initial weights
+    bt = b0.repeat(F, 1, 1)
     vW, vb = torch.zeros_like(Wt), torch.zeros_like(bt)
-    lr, mu, bs, epochs = float(hp["lr"]), float(hp["momentum"]), int(hp["batch_size"]), int(hp["epochs"])
-    orders = [_EpochOrder(s) for s in seeds]
-    t0 = last = time.perf_counter()
-    for epoch in range(epochs):
-        perm = torch.stack([o.next(n) for o in orders]).to(dev)  # (S, n)
-        for start in range(0, n, bs):
-            idx = perm[:, start : start + bs].reshape(-1)  # (S*B,) seed-major
-            B = idx.numel() // S
-            Xb = XF.index_select(1, idx).view(F * S, B, d)  # rows of probe block f*S+s
-            z = torch.baddbmm(bt, Wt, Xb.transpose(1, 2))  # (F*S, KC, B) logits
-            if mask is not None:
-                z = (z.view(F * S, K, cmax, B) + mask).view(F * S, KC, B)
-            G = torch.softmax(z.view(F, S, K, cmax, B), dim=3)
-            G.sub_(onehot.index_select(2, idx).view(K, cmax, S, B).permute(2, 0, 1, 3)).div_(B)  # dCE/dlogits
-            G = G.view(F * S, KC, B)
-            vW.mul_(mu).add_(torch.bmm(G, Xb))
-            vb.mul_(mu).add_(G.sum(2, keepdim=True))
-            Wt.add_(vW, alpha=-lr)
-            bt.add_(vb, alpha=-lr)
-        now = time.perf_counter()
-        if log is not None and now - last >= PROGRESS_SECONDS and epoch + 1 < epochs:
-            log.info(f"  {label}: epoch {epoch + 1}/{epochs}, {now - t0:.0f} s")
-            last = now
+    lr, mu = float(hp["lr"]), float(hp["momentum"])
+
+    def step(ib):
+        B = ib.shape[1]
+        idx = ib.reshape(-1).to(dev)  # (S*B,) seed-major
+        Xb = XF.index_select(1, idx).view(F * S, B, d)  # rows of probe block f*S+s
+        G = _logit_grad(torch.baddbmm(bt, Wt, Xb.transpose(1, 2)), onehot, idx, mask, F, S, K, cmax, B)
+        vW.mul_(mu).add_(torch.bmm(G, Xb))
+        vb.mul_(mu).add_(G.sum(2, keepdim=True))
+        Wt.add_(vW, alpha=-lr)
+        bt.add_(vb, alpha=-lr)
+
+    _sgd_loop(n, seeds, hp, step, log, label)
     if not torch.isfinite(Wt).all():
         raise FloatingPointError(f"{label}: logistic-regression weights diverged (lr {lr} too large?)")
     return Wt, bt
 
 
-@torch.no_grad()
-def _predict_group(XF: torch.Tensor, Wt: torch.Tensor, bt: torch.Tensor, n_classes: Sequence[int], S: int) -> np.ndarray:
-    """Arg-max class codes (S, F, K, n) of every probe on XF (F, n, d)."""
-    F, n, d = XF.shape
+def _train_dual(KF: torch.Tensor, P0: torch.Tensor, b0: torch.Tensor, Ytr: np.ndarray, n_classes: Sequence[int],
+                seeds: Sequence[int], hp: dict, log: logging.Logger | None = None, label: str = ""
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same SGD in the dual form (module doc): W = W0 + A Z, v_W = v_A Z.
+
+    KF (F, n, n): training Gram matrices Z Z' (float32); P0 (F*S, K*Cmax, n): initial logits W0 Z' of the
+    training clips (no bias); b0 (S, K*Cmax, 1). Returns (A (F*S, K*Cmax, n), bt (F*S, K*Cmax, 1)).
+    """
+    F, n, _ = KF.shape
+    K, S, cmax = len(n_classes), len(seeds), max(n_classes)
+    KC, dev = K * cmax, KF.device
+    mask, onehot = _class_mask(n_classes, dev), _onehot(Ytr, n_classes, dev)
+    A = torch.zeros(F * S, KC, n, device=dev)
+    bt = b0.repeat(F, 1, 1)
+    vA, vb = torch.zeros_like(A), torch.zeros_like(bt)
+    lr, mu = float(hp["lr"]), float(hp["momentum"])
+
+    def step(ib):
+        B = ib.shape[1]
+        ib = ib.to(dev).contiguous()
+        idx = ib.view(-1)
+        Kb = KF.index_select(1, idx).view(F * S, B, n)  # K symmetric: rows idx = the batch's columns
+        cols = ib.view(1, S, 1, B).expand(F, S, KC, B).reshape(F * S, KC, B)
+        z = torch.baddbmm(torch.gather(P0, 2, cols).add_(bt), A, Kb.transpose(1, 2))  # (F*S, KC, B)
+        G = _logit_grad(z, onehot, idx, mask, F, S, K, cmax, B)
+        vA.mul_(mu).scatter_add_(2, cols, G)  # velocity v_A Z: G lands in the batch's columns
+        vb.mul_(mu).add_(G.sum(2, keepdim=True))
+        A.add_(vA, alpha=-lr)
+        bt.add_(vb, alpha=-lr)
+
+    _sgd_loop(n, seeds, hp, step, log, label)
+    if not torch.isfinite(A).all():
+        raise FloatingPointError(f"{label}: logistic-regression weights diverged (lr {lr} too large?)")
+    return A, bt
+
+
+def _argmax_codes(z: torch.Tensor, n_classes: Sequence[int], S: int, mask) -> torch.Tensor:
+    """Class codes (S, K, rows) from logits z (rows, S*K*Cmax) (padded classes masked)."""
     K, cmax = len(n_classes), max(n_classes)
-    mask = _class_mask(n_classes, XF.device)
+    z = z.reshape(-1, S, K, cmax)
+    if mask is not None:
+        z = z + mask
+    return z.argmax(-1).permute(1, 2, 0)
+
+
+@torch.no_grad()
+def _predict_group(Xs: list[torch.Tensor], Wt: torch.Tensor, bt: torch.Tensor, n_classes: Sequence[int],
+                   S: int) -> np.ndarray:
+    """Arg-max class codes (S, F, K, n) of every probe on the F (n, d) feature matrices Xs."""
+    F, (n, d) = len(Xs), Xs[0].shape
+    K, cmax = len(n_classes), max(n_classes)
+    mask = _class_mask(n_classes, Xs[0].device)
     mask = None if mask is None else mask[..., 0]
     out = torch.empty(S, F, K, n, dtype=torch.int64)
     W = Wt.view(F, S * K * cmax, d)
@@ -299,10 +432,8 @@ def _predict_group(XF: torch.Tensor, Wt: torch.Tensor, bt: torch.Tensor, n_class
     step = max(1, CHUNK_BYTES // (4 * max(d, S * K * cmax)))
     for f in range(F):
         for i in range(0, n, step):
-            z = torch.addmm(b[f], XF[f, i : i + step], W[f].T).view(-1, S, K, cmax)
-            if mask is not None:
-                z = z + mask
-            out[:, f, :, i : i + step] = z.argmax(-1).permute(1, 2, 0).cpu()
+            z = torch.addmm(b[f], Xs[f][i : i + step], W[f].T)
+            out[:, f, :, i : i + step] = _argmax_codes(z, n_classes, S, mask).cpu()
     return out.numpy()
 
 
@@ -312,36 +443,102 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
+def logistic_costs(n_train: int, n_test: int, d: int, n_classes: Sequence[int], n_seeds: int, params: dict,
+                   gram_columns: int | None = None) -> dict:
+    """Estimated multiply-adds of training and evaluating one feature's S x K logistic probes in each form.
+
+    With R = S * K * Cmax weight rows (padded), E epochs, b = ceil(n_train / batch) batches per epoch:
+    * ``primal`` = 3 E n_train d R (forward, gradient, gather and update traffic) + R (n_train + n_test) d;
+    * ``dual`` = ``gram`` + R d (2 n_train + n_test) (initial logits W0 Z', final W = W0 + A Z, test logits)
+      + E R n_train^2 (batch logits A K_b) + 3 E b R n_train (velocity and A updates);
+    * ``gram`` = n_train (n_train + 1) / 2 x ``gram_columns`` (the columns whose K still has to be computed:
+      d by default, 0 when K is given, the new block's width when a concatenation reuses a block's K).
+    ``form`` is the cheaper one, except that the dual needs an n_train x n_train matrix: only when its float64
+    size fits ``GRAM_BYTES`` (n_train <= ~16,000).
+    """
+    hp = probe_params(params)
+    E, R = int(hp["epochs"]), n_seeds * len(n_classes) * max(n_classes)
+    batches = math.ceil(n_train / int(hp["batch_size"]))
+    g = n_train * (n_train + 1) / 2 * (d if gram_columns is None else gram_columns)
+    primal = 3.0 * E * n_train * d * R + R * (n_train + n_test) * d
+    dual = g + R * d * (2 * n_train + n_test) + E * R * n_train**2 + 3.0 * E * batches * R * n_train
+    fits = 8 * n_train**2 <= GRAM_BYTES
+    return {"primal": primal, "dual": dual, "gram": g, "form": "dual" if fits and dual < primal else "primal"}
+
+
+def _as_grams(gram_in, F: int, n: int, device) -> list[torch.Tensor]:
+    parts = list(gram_in) if isinstance(gram_in, (list, tuple)) else (
+        [gram_in] if getattr(gram_in, "ndim", 0) == 2 else list(gram_in))
+    parts = [g if isinstance(g, torch.Tensor) else torch.from_numpy(np.asarray(g)) for g in parts]
+    if len(parts) != F or any(tuple(g.shape) != (n, n) for g in parts):
+        raise ValueError(f"gram: expected {F} training Gram matrices of shape ({n}, {n}), "
+                         f"got {[tuple(g.shape) for g in parts]}")
+    return [g.to(device=device, dtype=torch.float32) for g in parts]
+
+
 def fit_logistic_many(Xtr, Ytr, Xte, Yte, n_classes: Sequence[int], seeds: Sequence[int], params: dict, *,
-                      device=None, log: logging.Logger | None = None, label: str = "probes") -> dict:
+                      device=None, log: logging.Logger | None = None, label: str = "probes", form: str = "auto",
+                      gram=None) -> dict:
     """Train S x F x K logistic probes as one batched model on ALREADY STANDARDISED float features.
 
     ``Xtr``/``Xte``: (n, d), a list of F (n, d) arrays of equal width d, or (F, n, d) (F features);
     ``Ytr``/``Yte``: (K, n) int class codes (K classification tasks, or (n,) for one); ``n_classes``: K
-    class counts; ``seeds``: S probe seeds. Returns arrays indexed [s, f, k]: ``train_acc``, ``test_acc``
-    (fractions), ``pred_test`` (S, F, K, n_test), ``confusion`` (nested list [s][f][k] of C_k x C_k),
-    ``weight`` (S, F, K, Cmax, d) and ``bias`` (S, F, K, Cmax) (task k uses the first C_k rows), and
-    ``seconds`` (wall time of the whole batch).
+    class counts; ``seeds``: S probe seeds. ``form``: 'primal' (SGD on W), 'dual' (the same SGD on A with
+    W = W0 + A Z, module doc) or 'auto' (the one with fewer estimated multiply-adds, :func:`logistic_costs`);
+    ``gram``: optional training Gram matrices ``Ztr Ztr'`` of the F features ((n_tr, n_tr) each, any float
+    dtype; reused by the dual form instead of computing them).
+    Returns arrays indexed [s, f, k]: ``train_acc``, ``test_acc`` (fractions), ``pred_test`` (S, F, K,
+    n_test), ``confusion`` (nested list [s][f][k] of C_k x C_k), ``weight`` (S, F, K, Cmax, d) and ``bias``
+    (S, F, K, Cmax) (task k uses the first C_k rows), ``form`` (the one that ran), ``costs``
+    (:func:`logistic_costs`) and ``seconds`` (wall time of the whole batch).
     """
     hp = probe_params(params)
     n_classes = [int(c) for c in n_classes]
     if not n_classes or min(n_classes) < 1:
         raise ValueError(f"{label}: n_classes must be a non-empty list of counts >= 1, got {n_classes}")
+    if form not in ("auto", "primal", "dual"):
+        raise ValueError(f"{label}: form must be 'auto', 'primal' or 'dual', got {form!r}")
     dev = pick_device(hp["device"]) if device is None else torch.device(device)
     t0 = time.perf_counter()
-    XF_tr, XF_te = _as_group(Xtr, dev), _as_group(Xte, dev)
-    F, n_tr, d = XF_tr.shape
-    if (XF_te.shape[0], XF_te.shape[2]) != (F, d):
-        raise ValueError(f"{label}: train features {tuple(XF_tr.shape)} and test {tuple(XF_te.shape)} differ in width")
+    Ztr, Zte = _as_list(Xtr, dev), _as_list(Xte, dev)
+    F, (n_tr, d) = len(Ztr), Ztr[0].shape
+    if len(Zte) != F or Zte[0].shape[1] != d:
+        raise ValueError(f"{label}: {F} train feature(s) of width {d} but {len(Zte)} test feature(s) of width "
+                         f"{Zte[0].shape[1]}")
     if n_tr == 0:
         raise ValueError(f"{label}: no training clips")
     Ytr = _as_labels(Ytr, n_tr, n_classes, f"{label} (train labels)")
-    Yte = _as_labels(Yte, XF_te.shape[1], n_classes, f"{label} (test labels)")
+    Yte = _as_labels(Yte, Zte[0].shape[0], n_classes, f"{label} (test labels)")
     seeds = [int(s) for s in seeds]
     S, K, cmax = len(seeds), len(n_classes), max(n_classes)
-    Wt, bt = _train_group(XF_tr, Ytr, n_classes, seeds, hp, log, label)
-    ptr = _predict_group(XF_tr, Wt, bt, n_classes, S)
-    pte = _predict_group(XF_te, Wt, bt, n_classes, S)
+    grams = None if gram is None else _as_grams(gram, F, n_tr, dev)
+    costs = logistic_costs(n_tr, Zte[0].shape[0], d, n_classes, S, hp, 0 if grams is not None else None)
+    form = costs["form"] if form == "auto" else form
+    W0, b0 = _init_weights(d, n_classes, seeds, dev)
+    if form == "primal":
+        XF = Ztr[0].unsqueeze(0) if F == 1 else torch.stack(Ztr)
+        Wt, bt = _train_primal(XF, Ytr, n_classes, seeds, W0, b0, hp, log, label)
+        del XF
+        ptr = _predict_group(Ztr, Wt, bt, n_classes, S)
+    else:
+        KF = torch.stack(grams if grams is not None else [gram_matrix(z, torch.float32, dev) for z in Ztr])
+        live = _live_rows(n_classes, S, dev)  # padded class rows of W0 and A stay zero: skip them
+        W0l = W0.view(S * K * cmax, d).index_select(0, live)
+        P0 = torch.zeros(F, S * K * cmax, n_tr, device=dev)
+        for f in range(F):
+            P0[f, live] = W0l @ Ztr[f].T
+        A, bt = _train_dual(KF, P0.view(F * S, K * cmax, n_tr), b0, Ytr, n_classes, seeds, hp, log, label)
+        A = A.view(F, S * K * cmax, n_tr)
+        Wt = W0.view(1, S * K * cmax, d).repeat(F, 1, 1)
+        for f in range(F):
+            Wt[f, live] = torch.addmm(W0l, A[f].index_select(0, live), Ztr[f])
+        mask = _class_mask(n_classes, dev)
+        ztr = torch.baddbmm(P0 + bt.view(F, S * K * cmax, 1), A, KF)  # (F, S*K*Cmax, n_tr) training logits
+        ptr = torch.stack([_argmax_codes(ztr[f].T, n_classes, S, None if mask is None else mask[..., 0])
+                           for f in range(F)], 1).cpu().numpy()
+        Wt = Wt.view(F * S, K * cmax, d)
+        del KF, P0, A, ztr
+    pte = _predict_group(Zte, Wt, bt, n_classes, S)
     train_acc = (ptr == Ytr[None, None]).mean(-1)
     test_acc = (pte == Yte[None, None]).mean(-1) if Yte.shape[1] else np.full(pte.shape[:3], np.nan)
     conf = [[[confusion_matrix(Yte[k], pte[s, f, k], c) for k, c in enumerate(n_classes)]
@@ -349,7 +546,7 @@ def fit_logistic_many(Xtr, Ytr, Xte, Yte, n_classes: Sequence[int], seeds: Seque
     weight = Wt.view(F, S, K, cmax, d).transpose(0, 1).cpu()
     bias = bt.view(F, S, K, cmax).transpose(0, 1).cpu()
     return {"train_acc": train_acc, "test_acc": test_acc, "pred_test": pte, "confusion": conf,
-            "weight": weight, "bias": bias, "seconds": time.perf_counter() - t0}
+            "weight": weight, "bias": bias, "form": form, "costs": costs, "seconds": time.perf_counter() - t0}
 
 
 def fit_logistic(Xtr, ytr, Xte, yte, n_classes: int, seed: int, params: dict) -> dict:
@@ -382,7 +579,7 @@ def _pinv_solve(A: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return V[:, keep] @ ((V[:, keep].T @ R) / lam[keep].unsqueeze(1))
 
 
-def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None) -> dict:
+def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=None) -> dict:
     """Linear regression with an intercept in float64; RMSE in the targets' units.
 
     * p + 1 < n_train: ordinary least squares (minimum-norm if the design is rank deficient): LAPACK gelsd on
@@ -390,6 +587,11 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None) -> dict:
       accumulated in float64 chunks, Cholesky, eigen-pseudo-inverse if singular).
     * p + 1 >= n_train (features outnumber the clips): ridge in the dual form, alpha = (K + lam I)^-1 yc with
       K = Xc Xc' and lam = ``ridge`` * trace(K) / n_train; ``ridge`` 0 gives the minimum-norm interpolant.
+      ``gram`` (optional, float64 (n_train, n_train)) is the UNCENTRED Gram matrix ``Xtr Xtr'`` when already
+      computed: K is then obtained from it by exact double centring, K = G - r 1' - 1 r' + m 1 1' (r the row
+      means of G, m its mean), instead of a pass over the p columns. Only for features whose training mean is
+      (nearly) zero, such as standardised ones (else the centring would cancel digits: ValueError). The
+      coefficients and test predictions then come from one pass over cache-sized column blocks.
 
     ``ytr``/``yte`` may be (n,) or (n, T) (T targets fitted with one factorisation). Returns ``train_rmse``,
     ``test_rmse`` (floats, or (T,) arrays for 2-D targets), ``pred`` (float64 test predictions, shaped like
@@ -416,13 +618,15 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None) -> dict:
         raise ValueError("regression targets: NaN or infinite values")
     Xtr, Xte = _tensor(Xtr, dev), _tensor(Xte, dev)
     Y, Yt = torch.as_tensor(Y, device=dev), torch.as_tensor(Yt, device=dev)
-    rows = _rows_per_chunk(p)
+    rows, n_te = _rows_per_chunk(p), Xte.shape[0]
+    use_gram = gram is not None and p + 1 >= n
     mu = torch.zeros(p, dtype=torch.float64, device=dev)
-    for i in range(0, n, rows):
-        mu += Xtr[i : i + rows].double().sum(0)
-    mu /= n
-    if not torch.isfinite(mu).all():
-        raise ValueError("regression features (train): NaN or infinite values")
+    if not use_gram:  # (with the Gram matrix, the column means come in the one pass after the solve)
+        for i in range(0, n, rows):
+            mu += Xtr[i : i + rows].double().sum(0)
+        mu /= n
+        if not torch.isfinite(mu).all():
+            raise ValueError("regression features (train): NaN or infinite values")
     ybar = Y.mean(0)
     Yc = Y - ybar
     if p + 1 < n:
@@ -442,13 +646,30 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None) -> dict:
             L, info = torch.linalg.cholesky_ex(Gl)
             coef[live] = torch.cholesky_solve(R[live], L) if int(info) == 0 else _pinv_solve(Gl, R[live])
         pred_tr = torch.cat([(Xtr[i : i + rows].double() - mu) @ coef for i in range(0, n, rows)])
+        pred_te = torch.cat([(Xte[i : i + rows].double() - mu) @ coef for i in range(0, n_te, rows)]
+                            or [torch.zeros(0, Y.shape[1], dtype=torch.float64, device=dev)])
     else:
         method = "ridge_dual"
         cols = max(1, CHUNK_BYTES // (8 * n))
-        K = torch.zeros(n, n, dtype=torch.float64, device=dev)
-        for a in range(0, p, cols):
-            C = Xtr[:, a : a + cols].double() - mu[a : a + cols]
-            K.addmm_(C, C.T)
+        if use_gram:
+            G = gram if isinstance(gram, torch.Tensor) else torch.from_numpy(np.asarray(gram))
+            if tuple(G.shape) != (n, n) or G.dtype != torch.float64:
+                raise ValueError(f"regression: gram must be the float64 ({n}, {n}) matrix Xtr Xtr', "
+                                 f"got {G.dtype} {tuple(G.shape)}")
+            G = G.to(dev)
+            m = G.mean()  # = |training mean|^2: must be negligible next to the mean squared norm trace / n
+            if not torch.isfinite(G).all():
+                raise ValueError("regression: gram has NaN or infinite values")
+            if float(m) > 1e-6 * float(torch.trace(G)) / n:
+                raise ValueError("regression: gram is for (nearly) centred features such as standardised ones; "
+                                 "these have a large mean (centring would cancel digits), call without gram")
+            r = G.mean(1, keepdim=True)
+            K = G - r - r.T + m
+        else:
+            K = torch.zeros(n, n, dtype=torch.float64, device=dev)
+            for a in range(0, p, cols):
+                C = Xtr[:, a : a + cols].double() - mu[a : a + cols]
+                K.addmm_(C, C.T)
         lam = float(ridge) * float(torch.trace(K)) / n
         if lam > 0:
             Kr = K.clone()
@@ -456,14 +677,22 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None) -> dict:
             alpha = torch.cholesky_solve(Yc, torch.linalg.cholesky(Kr))
         else:
             alpha = _pinv_solve(K, Yc)
-        coef = torch.empty(p, Y.shape[1], dtype=torch.float64, device=dev)
-        for a in range(0, p, cols):
-            coef[a : a + cols] = (Xtr[:, a : a + cols].double() - mu[a : a + cols]).T @ alpha
         pred_tr = K @ alpha
+        # coefficients Xc' alpha and test predictions in one pass over cache-sized column blocks
+        coef = torch.empty(p, Y.shape[1], dtype=torch.float64, device=dev)
+        pred_te = torch.zeros(n_te, Y.shape[1], dtype=torch.float64, device=dev)
+        w = _cols_per_block(max(n, n_te))
+        for a in range(0, p, w):
+            C = Xtr[:, a : a + w].double()
+            if use_gram:
+                mu[a : a + w] = C.sum(0) / n
+            C -= mu[a : a + w]
+            coef[a : a + w] = C.T @ alpha
+            pred_te.addmm_(Xte[:, a : a + w].double() - mu[a : a + w], coef[a : a + w])
+        if not torch.isfinite(mu).all():
+            raise ValueError("regression features (train): NaN or infinite values")
     pred_tr = pred_tr + ybar
-    n_te = Xte.shape[0]
-    pred_te = torch.cat([(Xte[i : i + rows].double() - mu) @ coef for i in range(0, n_te, rows)]
-                        or [torch.zeros(0, Y.shape[1], dtype=torch.float64, device=dev)]) + ybar
+    pred_te = pred_te + ybar
     if not torch.isfinite(pred_te).all():
         raise ValueError("regression features (test): NaN or infinite values")
     rmse_tr = torch.sqrt(torch.mean((pred_tr - Y) ** 2, 0)).cpu().numpy()
@@ -522,21 +751,55 @@ def _handcrafted_index(f, path, n: int) -> dict[str, dict]:
     return out
 
 
-def _load_split(ds, split: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read an (N x d) dataset in row chunks straight into float32 (train, test) arrays, then standardise them
-    in place: peak memory is the feature itself plus one chunk."""
+class _Pool:
+    """Float32 slabs reused group after group within one job. A fresh array of hundreds of MB costs a page
+    fault per page on first touch (and, with transparent huge pages, compaction stalls: ~2-3 s per deep-probe
+    job measured), for every layer; a slab is allocated once (grown when a wider feature comes) and reused."""
+
+    def __init__(self):
+        self.slabs: dict = {}
+
+    def array(self, key, shape: tuple[int, int]) -> np.ndarray:
+        size = int(np.prod(shape))
+        slab = self.slabs.get(key)
+        if slab is None or slab.size < size:
+            self.slabs[key] = None  # free the old slab before allocating the larger one
+            slab = self.slabs[key] = np.empty(size, dtype=np.float32)
+        return slab[:size].reshape(shape)
+
+    def pair(self, i: int, n_tr: int, n_te: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) destinations of the i-th feature of a group."""
+        return self.array((i, TRAIN), (n_tr, d)), self.array((i, TEST), (n_te, d))
+
+    def release(self, key) -> None:
+        """Hand the slab over to the caller (e.g. conv3 kept for the concatenations): never reused again."""
+        self.slabs.pop(key, None)
+
+
+def _load_split(ds, split: np.ndarray, what: str, out: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Read an (N x d) dataset in row chunks straight into float32 (train, test) arrays (``out``, e.g. pooled
+    slabs or column blocks of a concatenation, else new arrays), then standardise them in place: peak memory
+    is the feature itself plus one reused chunk buffer."""
     n, d = ds.shape
     tr = split == TRAIN
-    Xtr = np.empty((int(tr.sum()), d), dtype=np.float32)
-    Xte = np.empty((n - len(Xtr), d), dtype=np.float32)
-    step = _rows_per_chunk(d)
+    n_tr = int(tr.sum())
+    if out is None:
+        out = np.empty((n_tr, d), dtype=np.float32), np.empty((n - n_tr, d), dtype=np.float32)
+    Xtr, Xte = out
+    if Xtr.shape != (n_tr, d) or Xte.shape != (n - n_tr, d):
+        raise ValueError(f"{what}: destination shapes {Xtr.shape}, {Xte.shape} do not fit ({n_tr} + {n - n_tr}, {d})")
+    step = min(n, _rows_per_chunk(d))
+    buf = np.empty((step, d), dtype=np.float32)
     i_tr = i_te = 0
     for i in range(0, n, step):
-        c = np.asarray(ds[i : i + step], dtype=np.float32)
-        m = tr[i : i + step]
-        Xtr[i_tr : i_tr + m.sum()] = c[m]
-        Xte[i_te : i_te + (~m).sum()] = c[~m]
-        i_tr, i_te = i_tr + int(m.sum()), i_te + int((~m).sum())
+        k = min(step, n - i)
+        ds.read_direct(buf, np.s_[i : i + k], np.s_[0:k])
+        m = tr[i : i + k]
+        a = int(m.sum())
+        np.compress(m, buf[:k], axis=0, out=Xtr[i_tr : i_tr + a])
+        np.compress(~m, buf[:k], axis=0, out=Xte[i_te : i_te + k - a])
+        i_tr, i_te = i_tr + a, i_te + k - a
     return standardise(Xtr, Xte, name=what, inplace=True)
 
 
@@ -596,20 +859,49 @@ class _Tables:
         return df.loc[order].reset_index(drop=True)
 
 
+def _gram_plan(d: int, n_tr: int, n_te: int, tasks: list[dict], n_seeds: int, hp: dict,
+               gram_columns: int | None = None) -> torch.dtype | None:
+    """The training Gram matrix a group of width ``d`` needs: float64 when a regression probe is a dual ridge
+    (d + 1 >= n_train, float64 sums as in :func:`fit_linear`; the logistic probes then reuse it), float32 when
+    only the logistic probes want it (dual form cheaper, :func:`logistic_costs`), None when neither does."""
+    if any(t["type"] == "regression" for t in tasks) and d + 1 >= n_tr:
+        return torch.float64
+    cls = [len(t["classes"]) for t in tasks if t["type"] == "classification"]
+    if cls and FORM != "primal":
+        if FORM == "dual" or logistic_costs(n_tr, n_te, d, cls, n_seeds, hp, gram_columns)["form"] == "dual":
+            return torch.float32
+    return None
+
+
 def _run_group(tables: _Tables, feats: list[dict], Ztr: list[np.ndarray], Zte: list[np.ndarray], split: np.ndarray,
-               tasks: list[dict], seeds: list[int], hp: dict, dev, log: logging.Logger) -> None:
-    """Probe F equal-width standardised features (``feats[i]['keys']`` -> table keys) on the given tasks."""
+               tasks: list[dict], seeds: list[int], hp: dict, dev, log: logging.Logger,
+               grams: list[torch.Tensor] | None = None) -> list[torch.Tensor] | None:
+    """Probe F equal-width standardised features (``feats[i]['keys']`` -> table keys) on the given tasks.
+
+    ``grams``: the features' training Gram matrices when already known; otherwise they are computed here when
+    :func:`_gram_plan` asks for them. Returns the Gram matrices used (None if none).
+    """
     cls = [t for t in tasks if t["type"] == "classification"]
     reg = [t for t in tasks if t["type"] == "regression"]
     tr, te = split == TRAIN, split == TEST
     F, d = len(feats), Ztr[0].shape[1]
+    if grams is None:
+        dtype = _gram_plan(d, int(tr.sum()), int(te.sum()), tasks, len(seeds), hp)
+        if dtype is not None:
+            t0 = time.perf_counter()
+            grams = [gram_matrix(z, dtype, dev) for z in Ztr]
+            log.info(f"training Gram matrices ({str(dtype)[6:]}) of {F} feature(s) of width {d} in "
+                     f"{time.perf_counter() - t0:.1f} s")
     if cls:
         n_classes = [len(t["classes"]) for t in cls]
         label = f"{F} feature(s) of width {d} x {len(cls)} task(s) x {len(seeds)} seed(s)"
         r = fit_logistic_many(Ztr, np.stack([t["y"][tr] for t in cls]), Zte, np.stack([t["y"][te] for t in cls]),
-                              n_classes, seeds, hp, device=dev, log=log, label=label)
+                              n_classes, seeds, hp, device=dev, log=log, label=label, form=FORM, gram=grams)
         per = r["seconds"] / (F * len(cls) * len(seeds))
-        log.info(f"trained {label} = {F * len(cls) * len(seeds)} logistic probes in {r['seconds']:.1f} s")
+        c = r["costs"]
+        log.info(f"trained {label} = {F * len(cls) * len(seeds)} logistic probes in {r['seconds']:.1f} s, "
+                 f"{r['form']} form (estimated multiply-adds per feature: primal {c['primal'] / 1e9:.2f} G, "
+                 f"dual {c['dual'] / 1e9:.2f} G{' with the Gram matrix given' if grams is not None else ''})")
         for fi, ft in enumerate(feats):
             for k, t in enumerate(cls):
                 for si, s in enumerate(seeds):
@@ -620,12 +912,13 @@ def _run_group(tables: _Tables, feats: list[dict], Ztr: list[np.ndarray], Zte: l
                     log.info(f"probe {ft['label']} | task {t['name']} | seed {s} | {per:.2f} s (batched) | "
                              f"accuracy train {a_tr:.4f} test {a_te:.4f} (majority {t['chance']:.4f})")
     if not reg:
-        return
+        return grams
     Ytr = np.stack([t["y"][tr] for t in reg], 1)
     Yte = np.stack([t["y"][te] for t in reg], 1)
     for fi, ft in enumerate(feats):
         t0 = time.perf_counter()
-        r = fit_linear(Ztr[fi], Ytr, Zte[fi], Yte, hp["ridge"], device=dev)  # all regression tasks at once
+        g = grams[fi] if grams is not None and grams[fi].dtype == torch.float64 else None
+        r = fit_linear(Ztr[fi], Ytr, Zte[fi], Yte, hp["ridge"], device=dev, gram=g)  # all regression tasks at once
         sec = (time.perf_counter() - t0) / len(reg)
         how = ("OLS" if r["method"] == "ols" else
                f"{d} features >= {int(tr.sum())} - 1 training clips: dual ridge, penalty {r['ridge_used']:.4g}")
@@ -633,6 +926,7 @@ def _run_group(tables: _Tables, feats: list[dict], Ztr: list[np.ndarray], Zte: l
             tables.add_scores(ft["keys"](t["name"], ""), "rmse", r["train_rmse"][k], r["test_rmse"][k])
             log.info(f"probe {ft['label']} | task {t['name']} | {sec:.2f} s | {how} | "
                      f"rmse train {r['train_rmse'][k]:.4f} test {r['test_rmse'][k]:.4f}")
+    return grams
 
 
 def _chance(tasks: list[dict], split: np.ndarray) -> None:
@@ -658,6 +952,7 @@ def probe_handcrafted(features_h5, mel_h5, params: dict, dataset: str, log: logg
     _chance(tasks, split)
     n, n_tr = len(split), int((split == TRAIN).sum())
     tables = _Tables(dataset)
+    pool = _Pool()
     t0 = time.perf_counter()
     with open_h5(features_h5, "handcrafted") as f:
         index = _handcrafted_index(f, features_h5, n)
@@ -666,8 +961,9 @@ def probe_handcrafted(features_h5, mel_h5, params: dict, dataset: str, log: logg
         items = [{"name": name, **v} for name, v in index.items()]
         for group in _groups(items, n):
             Ztr, Zte, feats = [], [], []
-            for it in group:
-                a, b = _load_split(f["features"][it["key"]], split, f"{features_h5}: features/{it['key']}")
+            for i, it in enumerate(group):
+                a, b = _load_split(f["features"][it["key"]], split, f"{features_h5}: features/{it['key']}",
+                                   pool.pair(i, n_tr, n - n_tr, it["d"]))
                 Ztr.append(a)
                 Zte.append(b)
                 feats.append({"label": it["name"],
@@ -712,6 +1008,7 @@ def probe_deep(deep_h5, features_h5, mel_h5, params: dict, dataset: str, log: lo
     if not main_task or main_task[0]["type"] != "classification":
         raise ValueError(f"{mel_h5}: main task {main!r} is not a classification task of the clip table")
     tables = _Tables(dataset)
+    pool = _Pool()
     t0 = time.perf_counter()
     with open_h5(deep_h5, "deep") as f, open_h5(features_h5, "handcrafted") as hf:
         arch, seed, train_task, layers = _deep_meta(f, deep_h5)
@@ -736,36 +1033,54 @@ def probe_deep(deep_h5, features_h5, mel_h5, params: dict, dataset: str, log: lo
             keep_conv3 = None
             for group in _groups(items, n):
                 Ztr, Zte, feats = [], [], []
-                for it in group:
-                    a, b = _load_split(f[it["which"]][layer], split, f"{deep_h5}: {it['which']}/{layer}")
+                for i, it in enumerate(group):
+                    a, b = _load_split(f[it["which"]][layer], split, f"{deep_h5}: {it['which']}/{layer}",
+                                       pool.pair(i, n_tr, n - n_tr, it["d"]))
                     Ztr.append(a)
                     Zte.append(b)
                     feats.append({"label": f"{arch} {layer} ({it['which']})",
                                   "keys": lambda task, s, w=it["which"], lay=layer: tables.keys(
                                       f"{arch} {lay}", task, s, arch, seed, lay, w, train_task)})
+                grams = _run_group(tables, feats, Ztr, Zte, split, tasks, [seed], hp, dev, log)
+                for i, it in enumerate(group):
                     if layer == CONCAT_LAYER and it["which"] == "trained":
-                        keep_conv3 = (a, b)
-                _run_group(tables, feats, Ztr, Zte, split, tasks, [seed], hp, dev, log)
+                        keep_conv3 = (Ztr[i], Zte[i], None if grams is None else grams[i])
+                        pool.release((i, TRAIN))
+                        pool.release((i, TEST))
+                del Ztr, Zte, grams
             if keep_conv3 is not None and concat:
                 _run_concat(tables, keep_conv3, hf, hc, concat, split, main_task, arch, seed, train_task, hp, dev,
-                            log, features_h5)
+                            log, features_h5, pool)
     log.info(f"{dataset}: deep probes of {arch} seed {seed} done in {time.perf_counter() - t0:.1f} s")
     order = [f"{arch} {layer}" for layer in layers] + [f"{arch} {CONCAT_LAYER} + {c}" for c in concat]
     return tables.frames(order, [t["name"] for t in tasks])
 
 
-def _run_concat(tables, conv3, hf, hc, concat, split, main_task, arch, seed, train_task, hp, dev, log, path):
-    """Trained conv3 + each hand-crafted feature (each standardised separately, columns concatenated)."""
-    c_tr, c_te = conv3
-    items = [{"name": name, "d": c_tr.shape[1] + hc[name]["d"]} for name in concat]
+def _run_concat(tables, conv3, hf, hc, concat, split, main_task, arch, seed, train_task, hp, dev, log, path, pool):
+    """Trained conv3 + each hand-crafted feature (each standardised separately, columns concatenated).
+
+    Blocks standardised separately make the concatenation's Gram matrix the sum of the blocks' ones, so
+    conv3's (computed once, or kept from its own probes) is reused and only the hand-crafted block's is new.
+    """
+    c_tr, c_te, K3 = conv3
+    n_tr, n_te, d3 = len(c_tr), len(c_te), c_tr.shape[1]
+    items = [{"name": name, "d": d3 + hc[name]["d"]} for name in concat]
     for group in _groups(items, len(split)):
-        Ztr, Zte, feats = [], [], []
-        for it in group:
+        d = group[0]["d"]
+        dtype = _gram_plan(d, n_tr, n_te, main_task, 1, hp, gram_columns=d - d3 + (d3 if K3 is None else 0))
+        if dtype is not None and K3 is None:
+            K3 = gram_matrix(c_tr, dtype, dev)
+        Ztr, Zte, feats, grams = [], [], [], []
+        for i, it in enumerate(group):
             key = hc[it["name"]]["key"]
-            a, b = _load_split(hf["features"][key], split, f"{path}: features/{key}")
-            Ztr.append(np.concatenate([c_tr, a], axis=1))
-            Zte.append(np.concatenate([c_te, b], axis=1))
+            ztr, zte = pool.pair(i, n_tr, n_te, d)
+            ztr[:, :d3], zte[:, :d3] = c_tr, c_te
+            a, _ = _load_split(hf["features"][key], split, f"{path}: features/{key}", (ztr[:, d3:], zte[:, d3:]))
+            Ztr.append(ztr)
+            Zte.append(zte)
+            if dtype is not None:
+                grams.append(K3 + gram_matrix(a, K3.dtype, dev))
             label = f"{arch} {CONCAT_LAYER} + {it['name']}"
             feats.append({"label": label, "keys": lambda task, s, lab=label: tables.keys(
                 lab, task, s, arch, seed, CONCAT_LAYER, "trained", train_task)})
-        _run_group(tables, feats, Ztr, Zte, split, main_task, [seed], hp, dev, log)
+        _run_group(tables, feats, Ztr, Zte, split, main_task, [seed], hp, dev, log, grams if dtype else None)
