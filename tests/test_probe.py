@@ -17,7 +17,7 @@ from deepfeat.probe import (CONFUSION_COLUMNS, SCORE_COLUMNS, fit_linear, fit_lo
                             gram_matrix, init_linear, logistic_costs, probe_deep, probe_handcrafted, standardise)
 from conftest import write_fake_mel
 
-FAST = {"epochs": 100, "seeds": [0, 1], "device": "cpu"}
+FAST = {"epochs": 100, "seeds": [0, 1], "device": "cpu", "ridge": 1.0e-3}
 
 
 def blobs(n, d, n_classes, sep, seed):
@@ -277,6 +277,106 @@ def test_more_features_than_clips_uses_dual_ridge_and_stays_finite():
     np.testing.assert_allclose(r["pred"], ref, rtol=1e-7, atol=1e-7)
 
 
+def _brute_loo_mse(X, y, lam):
+    """Leave-one-out MSE of ridge (unpenalised intercept, absolute penalty lam) by n separate primal fits."""
+    X, y, n = X.astype(np.float64), y.astype(np.float64), len(y)
+    err = np.empty(n)
+    for i in range(n):
+        keep = np.arange(n) != i
+        mx, my = X[keep].mean(0), y[keep].mean()
+        Xc = X[keep] - mx
+        beta = np.linalg.solve(Xc.T @ Xc + lam * np.eye(X.shape[1]), Xc.T @ (y[keep] - my))
+        err[i] = y[i] - (my + (X[i] - mx) @ beta)
+    return np.mean(err**2)
+
+
+@pytest.mark.parametrize("p", [4, 30])  # fewer and more features than clips
+def test_ridge_auto_loo_equals_brute_force_leave_one_out(p):
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(20, p)).astype(np.float32)
+    Y = np.column_stack([2 * X[:, 0] + rng.normal(0, 0.5, 20), rng.normal(50, 10, 20)])
+    r = fit_linear(X[:14], Y[:14], X[14:], Y[14:], ridge="auto")
+    assert r["method"] == "ridge_loo" and r["form"] == "dual" and r["loo_mse"].shape == (len(probe.RIDGE_GRID), 2)
+    Xc = X[:14].astype(np.float64) - X[:14].mean(0, dtype=np.float64)
+    np.testing.assert_allclose(r["ridge_grid"], probe.RIDGE_GRID * np.trace(Xc @ Xc.T) / 14, rtol=1e-12)
+    for g in range(0, len(probe.RIDGE_GRID), 4):
+        for k in range(2):
+            ref = _brute_loo_mse(X[:14], Y[:14, k], r["ridge_grid"][g])
+            assert r["loo_mse"][g, k] == pytest.approx(ref, rel=1e-8)
+    for k in range(2):  # the chosen penalty is the LOO minimiser, and the fit is that ridge
+        g = int(np.argmin(r["loo_mse"][:, k]))
+        lam = r["ridge_grid"][g]
+        assert r["ridge_used"][k] == lam and r["ridge_rel"][k] == probe.RIDGE_GRID[g]
+        beta = np.linalg.solve(Xc.T @ Xc + lam * np.eye(p), Xc.T @ (Y[:14, k] - Y[:14, k].mean()))
+        ref = (X[14:] - X[:14].mean(0, dtype=np.float64)) @ beta + Y[:14, k].mean()
+        np.testing.assert_allclose(r["pred"][:, k], ref, rtol=1e-8, atol=1e-8)
+
+
+def test_ridge_auto_chooses_per_target_and_is_deterministic():
+    """Signal target: small penalty and low RMSE; pure-noise target: large penalty, about the mean's RMSE."""
+    rng = np.random.default_rng(22)
+    n, p = 300, 40
+    X = rng.normal(size=(n, p)).astype(np.float32)
+    beta = rng.normal(size=p)
+    Y = np.column_stack([60 + X.astype(np.float64) @ beta + rng.normal(0, 0.5, n), rng.normal(70, 20, n)])
+    r = fit_linear(X[:200], Y[:200], X[200:], Y[200:], ridge="auto")
+    assert r["ridge_rel"][0] < r["ridge_rel"][1]
+    assert r["test_rmse"][0] < 0.7  # noise sd 0.5 vs target sd ~6.3
+    mean_rmse = np.sqrt(np.mean((Y[200:, 1] - Y[:200, 1].mean()) ** 2))
+    assert r["test_rmse"][1] <= 1.05 * mean_rmse
+    again = fit_linear(X[:200], Y[:200], X[200:], Y[200:], ridge="auto")
+    for key in ("pred", "ridge_used", "loo_mse", "coef", "intercept"):
+        np.testing.assert_array_equal(again[key], r[key])
+    one = fit_linear(X[:200], Y[:200, 1], X[200:], Y[200:, 1], ridge="auto")  # 1-D target: scalar penalty
+    assert isinstance(one["ridge_used"], float) and one["ridge_used"] == r["ridge_used"][1]
+    np.testing.assert_allclose(one["pred"], r["pred"][:, 1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ridge_auto_on_pure_noise_features_is_no_worse_than_the_mean(seed):
+    """p ~ n noise features (where OLS / a tiny fixed penalty overfit): auto stays at the mean's test RMSE."""
+    rng = np.random.default_rng(100 + seed)
+    n_tr, n_te, p = 120, 200, 110
+    X = rng.normal(size=(n_tr + n_te, p)).astype(np.float32)
+    y = rng.normal(64, 30, n_tr + n_te)
+    Ztr, Zte = standardise(X[:n_tr], X[n_tr:])
+    auto = fit_linear(Ztr, y[:n_tr], Zte, y[n_tr:], ridge="auto", gram=gram_matrix(Ztr))
+    fixed = fit_linear(Ztr, y[:n_tr], Zte, y[n_tr:], ridge=1e-3)
+    mean_rmse = np.sqrt(np.mean((y[n_tr:] - y[:n_tr].mean()) ** 2))
+    assert auto["test_rmse"] <= 1.05 * mean_rmse  # noise: at most a few percent above the mean
+    assert fixed["test_rmse"] > 1.5 * mean_rmse  # ... where today's fixed tiny penalty overfits badly
+    assert auto["ridge_rel"] >= 1.0
+
+
+def test_ridge_auto_primal_and_given_gram_paths_equal_the_dual(monkeypatch):
+    rng = np.random.default_rng(23)
+    X = rng.normal(2.0, 1.5, size=(80, 12)).astype(np.float32)
+    Y = np.column_stack([X[:, :3].astype(np.float64) @ [1.0, -2.0, 3.0] + rng.normal(0, 1, 80), rng.normal(0, 1, 80)])
+    Ztr, Zte = standardise(X[:60], X[60:])
+    dual = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto")
+    given = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto", gram=gram_matrix(Ztr))
+    monkeypatch.setattr(probe, "GRAM_BYTES", 0)  # n_train x n_train "too large": p x p covariance form
+    primal = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto")
+    assert (dual["form"], given["form"], primal["form"]) == ("dual", "dual", "primal")
+    for other in (given, primal):
+        np.testing.assert_array_equal(other["ridge_rel"], dual["ridge_rel"])
+        for key in ("loo_mse", "pred", "coef", "intercept", "train_rmse", "test_rmse"):
+            np.testing.assert_allclose(other[key], dual[key], rtol=1e-8, atol=1e-8)
+
+
+def test_ridge_parameter_validation():
+    assert probe.probe_params({"ridge": "auto"})["ridge"] == "auto"
+    assert probe.probe_params({"ridge": 0})["ridge"] == 0
+    for bad in ("Auto", -1.0, None, True):
+        with pytest.raises(ValueError, match=r"probe.ridge: expected a number >= 0 or 'auto'"):
+            probe.probe_params({"ridge": bad})
+    X = np.zeros((5, 2), np.float32)
+    with pytest.raises(ValueError, match="ridge: expected a number >= 0 or 'auto'"):
+        fit_linear(X, np.arange(5.0), X, np.arange(5.0), ridge="gcv")
+    r = fit_linear(X, np.arange(5.0), X, np.arange(5.0), ridge="auto")  # constant features: the mean
+    np.testing.assert_allclose(r["pred"], 2.0)
+
+
 # ------------------------------------------------------------------------------------ synthetic stage files
 HC = {  # display name -> (width, informative?)
     "Mean Power (frequency)": (8, True),
@@ -381,6 +481,18 @@ def test_probe_handcrafted_tidy_tables(stage_files):
     diag = conf[conf["true"] == conf["predicted"]].groupby(["feature", "probe_seed"])["count"].sum() / n_test
     pd.testing.assert_series_equal(diag.sort_index(), test_acc.sort_index(), check_names=False, check_index_type=False)
 
+
+
+def test_probe_handcrafted_ridge_auto_logs_the_grid_and_the_choice(stage_files):
+    tmp, _ = stage_files
+    log, lines = list_logger("test_probe.handcrafted_auto")
+    scores, _ = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", {**FAST, "seeds": [0], "ridge": "auto"},
+                                  "toy", log)
+    assert sum("leave-one-out" in x and "1.000e-06" in x and "1.000e+03" in x for x in lines) == 1
+    assert sum(bool(re.match(r"probe .+ \| task pitch \| .*dual ridge, penalty [\d.e+-]+ = [\d.e+-]+.* x trace"
+                             r"\(K\)/n by leave-one-out \(LOO rmse [\d.]+\)", x)) for x in lines) == 5
+    rm = scores[(scores["metric"] == "rmse") & (scores["split"] == "test")].set_index("feature")["value"]
+    assert rm["Mean Wavelet (25)"] < 0.5 * rm["Random"] and np.isfinite(rm).all()
 
 def test_probe_deep_tidy_tables_and_concatenation(stage_files):
     tmp, meta = stage_files

@@ -30,6 +30,9 @@ Definitions
   units (MIDI pitch, velocity). When the model would have at least as many parameters as training clips
   (p + 1 >= n_train) the fit is ridge regression solved in the dual (n x n) form with penalty
   ``ridge * trace(K) / n_train`` (K = Xc Xc', Xc the centred training features), and the log says so.
+  ``probe.ridge: auto`` (the default) instead fits ridge regression for every p, with the penalty of each
+  target chosen by exact leave-one-out on the training split over ``RIDGE_GRID`` x trace(K) / n_train, all
+  from one eigendecomposition of K (:func:`fit_linear`).
 * **Tables** follow docs/formats.md: tidy scores (one row per value; accuracy as a fraction in [0, 1], rmse in
   target units) and long confusion matrices of the test split (true x predicted counts, class names, zeros
   kept).
@@ -58,7 +61,7 @@ DEFAULTS = {
     "momentum": 0.9,
     "batch_size": 64,
     "seeds": [0, 1, 2, 3, 4],
-    "ridge": 1.0e-3,
+    "ridge": "auto",  # penalty by exact leave-one-out on the training split (a number fixes it)
     "concat_features": ["Mean Power (frequency)", "Time to -70 dB", "Mean Wavelet (25)", "Wavelet Combined"],
     "device": "auto",
 }
@@ -72,6 +75,7 @@ BLOCK_BYTES = 8 * 2**20  # float64 column blocks of the standardisation and Gram
 LSTSQ_BYTES = 256 * 2**20  # OLS through LAPACK gelsd (SVD) on CPU when the float64 design fits in this
 PROGRESS_SECONDS = 30.0  # epoch progress lines at most this often during long trainings
 GRAM_BYTES = 2 * 2**30  # the dual form's n_train x n_train Gram matrix (float64) at most this large
+RIDGE_GRID = np.logspace(-6, 3, 25)  # ridge auto: candidate penalties lam / (trace(K) / n_train), log-spaced
 FORM = "auto"  # logistic probes of the pipelines: auto (fewer estimated multiply-adds) | primal | dual
 
 _log = logging.getLogger("deepfeat")
@@ -94,8 +98,9 @@ def probe_params(params: dict | None) -> dict:
         raise ValueError(f"probe.lr: expected a number > 0, got {hp['lr']!r}")
     if not 0 <= hp["momentum"] <= 1:
         raise ValueError(f"probe.momentum: expected a number in [0, 1], got {hp['momentum']!r}")
-    if not hp["ridge"] >= 0:
-        raise ValueError(f"probe.ridge: expected a number >= 0, got {hp['ridge']!r}")
+    r = hp["ridge"]
+    if r != "auto" and (isinstance(r, (bool, str)) or not isinstance(r, (int, float, np.number)) or not r >= 0):
+        raise ValueError(f"probe.ridge: expected a number >= 0 or 'auto', got {r!r}")
     seeds = hp["seeds"]
     if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, (int, np.integer)) for s in seeds):
         raise ValueError(f"probe.seeds: expected a non-empty list of integers, got {seeds!r}")
@@ -579,24 +584,70 @@ def _pinv_solve(A: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return V[:, keep] @ ((V[:, keep].T @ R) / lam[keep].unsqueeze(1))
 
 
-def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=None) -> dict:
+def _loo_ridge(U: torch.Tensor, s: torch.Tensor, Yc: torch.Tensor, lams: torch.Tensor) -> torch.Tensor:
+    """Exact leave-one-out mean squared error (G x T) of ridge with an unpenalised intercept, per penalty.
+
+    ``U`` (n x r, orthonormal columns) and ``s`` (r, > 0) are the nonzero eigenpairs of the centred training
+    Gram matrix K = Xc Xc'; ``Yc`` (n x T) the centred targets; ``lams`` (G) absolute penalties. The fit is the
+    linear smoother H = 11'/n + U diag(s / (s + lam)) U' (the intercept is unpenalised and 1 is in the null
+    space of K), so the leave-one-out residual is e_i / (1 - H_ii) with e = Yc - U diag(s/(s+lam)) U' Yc
+    (exact for penalised least squares with a fixed penalty). Cost O(n r (G + G T)); 1 - H_ii <= 0
+    (interpolation) gives inf.
+    """
+    n = U.shape[0]
+    F = s[:, None] / (s[:, None] + lams[None, :])  # r x G shrinkage factors
+    one_minus_h = (1.0 - 1.0 / n) - (U * U) @ F  # n x G
+    UtY = U.T @ Yc  # r x T
+    G, T = len(lams), Yc.shape[1]
+    fit = (U @ (F[:, :, None] * UtY[:, None, :]).reshape(len(s), G * T)).reshape(n, G, T)
+    e = Yc[:, None, :] - fit
+    loo = e / one_minus_h[:, :, None]
+    mse = (loo * loo).mean(0)
+    return torch.where((one_minus_h > 0).all(0)[:, None], mse, torch.full_like(mse, math.inf))
+
+
+def _top_eig(A: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of the symmetric PSD float64 ``A`` whose eigenvalue exceeds scale x eps x the largest."""
+    s, V = torch.linalg.eigh(A)
+    keep = s > scale * torch.finfo(torch.float64).eps * s.max().clamp_min(0)
+    if not bool(s.max() > 0):
+        keep[:] = False
+    return s[keep], V[:, keep]
+
+
+def fit_linear(Xtr, ytr, Xte, yte, ridge: float | str = 1e-3, *, device=None, gram=None) -> dict:
     """Linear regression with an intercept in float64; RMSE in the targets' units.
+
+    Numeric ``ridge`` (>= 0):
 
     * p + 1 < n_train: ordinary least squares (minimum-norm if the design is rank deficient): LAPACK gelsd on
       the centred design when it fits in ``LSTSQ_BYTES`` on the CPU, else the normal equations (Gram matrix
       accumulated in float64 chunks, Cholesky, eigen-pseudo-inverse if singular).
     * p + 1 >= n_train (features outnumber the clips): ridge in the dual form, alpha = (K + lam I)^-1 yc with
       K = Xc Xc' and lam = ``ridge`` * trace(K) / n_train; ``ridge`` 0 gives the minimum-norm interpolant.
-      ``gram`` (optional, float64 (n_train, n_train)) is the UNCENTRED Gram matrix ``Xtr Xtr'`` when already
-      computed: K is then obtained from it by exact double centring, K = G - r 1' - 1 r' + m 1 1' (r the row
-      means of G, m its mean), instead of a pass over the p columns. Only for features whose training mean is
-      (nearly) zero, such as standardised ones (else the centring would cancel digits: ValueError). The
-      coefficients and test predictions then come from one pass over cache-sized column blocks.
+
+    ``ridge="auto"`` (any p): ridge regression (intercept unpenalised) whose penalty is chosen PER TARGET
+    COLUMN by exact leave-one-out mean squared error on the training split only, over the absolute penalties
+    lam = ``RIDGE_GRID`` x trace(K) / n_train (smallest LOO error wins; the first on ties). One float64
+    eigendecomposition K = U diag(s) U' serves every candidate (O(n_train^2) each, :func:`_loo_ridge`) and the
+    final fit alpha = U diag(1 / (s + lam)) U' yc. When the n_train x n_train matrix would exceed
+    ``GRAM_BYTES`` and p < n_train, the p x p covariance Xc' Xc = V diag(s) V' is decomposed instead
+    (U = Xc V diag(s)^-1/2, coefficients V diag(s^1/2 / (s + lam)) U' yc): the same fit. Eigenvalues below
+    n x eps x the largest count as zero. ``method`` is 'ridge_loo'; ``ridge_grid`` (G, absolute lam),
+    ``ridge_rel`` (the chosen lam / (trace(K) / n), like ``ridge_used``), ``loo_mse`` (G or G x T, target
+    units squared) and ``form`` ('dual' or 'primal') are also returned.
+
+    ``gram`` (optional, float64 (n_train, n_train)) is the UNCENTRED Gram matrix ``Xtr Xtr'`` when already
+    computed (used by the dual ridge and by auto): K is then obtained from it by exact double centring,
+    K = G - r 1' - 1 r' + m 1 1' (r the row means of G, m its mean), instead of a pass over the p columns.
+    Only for features whose training mean is (nearly) zero, such as standardised ones (else the centring would
+    cancel digits: ValueError). The coefficients and test predictions then come from one pass over
+    cache-sized column blocks.
 
     ``ytr``/``yte`` may be (n,) or (n, T) (T targets fitted with one factorisation). Returns ``train_rmse``,
     ``test_rmse`` (floats, or (T,) arrays for 2-D targets), ``pred`` (float64 test predictions, shaped like
-    ``yte``), ``ridge_used`` (the absolute penalty lam, 0.0 for OLS), ``method`` ('ols' or 'ridge_dual'),
-    ``coef`` (p or p x T), ``intercept``.
+    ``yte``), ``ridge_used`` (the absolute penalty lam, 0.0 for OLS; with auto and 2-D targets a (T,) array),
+    ``method`` ('ols', 'ridge_dual' or 'ridge_loo'), ``coef`` (p or p x T), ``intercept``.
     """
     dev = torch.device("cpu") if device is None else torch.device(device)
     _check_2d(Xtr, "regression features (train)")
@@ -606,7 +657,10 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=Non
         raise ValueError(f"regression features: train has {p} columns but test has {Xte.shape[1]}")
     if n < 2:
         raise ValueError(f"regression: need at least 2 training clips, got {n}")
-    if ridge < 0:
+    auto = isinstance(ridge, str)
+    if auto and ridge != "auto":
+        raise ValueError(f"ridge: expected a number >= 0 or 'auto', got {ridge!r}")
+    if not auto and ridge < 0:
         raise ValueError(f"ridge: expected >= 0, got {ridge}")
     ytr, yte = np.asarray(ytr, dtype=np.float64), np.asarray(yte, dtype=np.float64)
     one = ytr.ndim == 1
@@ -619,7 +673,8 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=Non
     Xtr, Xte = _tensor(Xtr, dev), _tensor(Xte, dev)
     Y, Yt = torch.as_tensor(Y, device=dev), torch.as_tensor(Yt, device=dev)
     rows, n_te = _rows_per_chunk(p), Xte.shape[0]
-    use_gram = gram is not None and p + 1 >= n
+    primal = auto and p < n and n * n * 8 > GRAM_BYTES
+    use_gram = gram is not None and (p + 1 >= n or auto) and not primal
     mu = torch.zeros(p, dtype=torch.float64, device=dev)
     if not use_gram:  # (with the Gram matrix, the column means come in the one pass after the solve)
         for i in range(0, n, rows):
@@ -629,7 +684,23 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=Non
             raise ValueError("regression features (train): NaN or infinite values")
     ybar = Y.mean(0)
     Yc = Y - ybar
-    if p + 1 < n:
+    extra = {}
+    if primal:  # ridge auto from the p x p covariance (n_train x n_train would not fit)
+        method = "ridge_loo"
+        C = torch.zeros(p, p, dtype=torch.float64, device=dev)
+        for i in range(0, n, rows):
+            B = Xtr[i : i + rows].double() - mu
+            C.addmm_(B.T, B)
+        trace = float(torch.trace(C))
+        s, V = _top_eig(C, max(n, p))
+        U = torch.cat([(Xtr[i : i + rows].double() - mu) @ V for i in range(0, n, rows)]) / s.sqrt()
+        lam, extra = _choose_ridge(U, s, Yc, trace, n, "primal")
+        UtY = U.T @ Yc
+        pred_tr = U @ (s[:, None] / (s[:, None] + lam) * UtY)
+        coef = V @ (s.sqrt()[:, None] / (s[:, None] + lam) * UtY)
+        pred_te = torch.cat([(Xte[i : i + rows].double() - mu) @ coef for i in range(0, n_te, rows)]
+                            or [torch.zeros(0, Y.shape[1], dtype=torch.float64, device=dev)])
+    elif p + 1 < n and not auto:
         method, lam = "ols", 0.0
         if dev.type == "cpu" and n * p * 8 <= LSTSQ_BYTES:
             coef = torch.linalg.lstsq(Xtr.double() - mu, Yc, driver="gelsd").solution
@@ -649,7 +720,7 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=Non
         pred_te = torch.cat([(Xte[i : i + rows].double() - mu) @ coef for i in range(0, n_te, rows)]
                             or [torch.zeros(0, Y.shape[1], dtype=torch.float64, device=dev)])
     else:
-        method = "ridge_dual"
+        method = "ridge_loo" if auto else "ridge_dual"
         cols = max(1, CHUNK_BYTES // (8 * n))
         if use_gram:
             G = gram if isinstance(gram, torch.Tensor) else torch.from_numpy(np.asarray(gram))
@@ -670,14 +741,24 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=Non
             for a in range(0, p, cols):
                 C = Xtr[:, a : a + cols].double() - mu[a : a + cols]
                 K.addmm_(C, C.T)
-        lam = float(ridge) * float(torch.trace(K)) / n
-        if lam > 0:
-            Kr = K.clone()
-            Kr.diagonal().add_(lam)
-            alpha = torch.cholesky_solve(Yc, torch.linalg.cholesky(Kr))
+        if auto:
+            trace = float(torch.trace(K))
+            s, U = _top_eig(K, n)
+            del K
+            lam, extra = _choose_ridge(U, s, Yc, trace, n, "dual")
+            UtY = U.T @ Yc
+            pred_tr = U @ (s[:, None] / (s[:, None] + lam) * UtY)
+            alpha = U @ (UtY / (s[:, None] + lam))
+            del U
         else:
-            alpha = _pinv_solve(K, Yc)
-        pred_tr = K @ alpha
+            lam = float(ridge) * float(torch.trace(K)) / n
+            if lam > 0:
+                Kr = K.clone()
+                Kr.diagonal().add_(lam)
+                alpha = torch.cholesky_solve(Yc, torch.linalg.cholesky(Kr))
+            else:
+                alpha = _pinv_solve(K, Yc)
+            pred_tr = K @ alpha
         # coefficients Xc' alpha and test predictions in one pass over cache-sized column blocks
         coef = torch.empty(p, Y.shape[1], dtype=torch.float64, device=dev)
         pred_te = torch.zeros(n_te, Y.shape[1], dtype=torch.float64, device=dev)
@@ -700,11 +781,26 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float = 1e-3, *, device=None, gram=Non
                else np.full(Y.shape[1], np.nan))
     intercept = (ybar - mu @ coef).cpu().numpy()
     coef, pred_te = coef.cpu().numpy(), pred_te.cpu().numpy()
+    if auto:
+        lam = lam.cpu().numpy()
+        if one:
+            lam, extra["loo_mse"] = float(lam[0]), extra["loo_mse"][:, 0]
+            extra["ridge_rel"] = float(extra["ridge_rel"][0])
     if one:
         rmse_tr, rmse_te, coef, pred_te, intercept = (float(rmse_tr[0]), float(rmse_te[0]), coef[:, 0],
                                                       pred_te[:, 0], float(intercept[0]))
     return {"train_rmse": rmse_tr, "test_rmse": rmse_te, "pred": pred_te, "ridge_used": lam, "method": method,
-            "coef": coef, "intercept": intercept}
+            "coef": coef, "intercept": intercept, **extra}
+
+
+def _choose_ridge(U: torch.Tensor, s: torch.Tensor, Yc: torch.Tensor, trace: float, n: int,
+                  form: str) -> tuple[torch.Tensor, dict]:
+    """Per target column, the penalty of ``RIDGE_GRID`` x trace / n with the smallest exact LOO error."""
+    lams = torch.as_tensor(RIDGE_GRID * (trace / n), dtype=torch.float64, device=U.device)
+    loo = _loo_ridge(U, s, Yc, lams)  # G x T
+    best = torch.argmin(loo, 0)  # first minimum on ties: deterministic
+    return lams[best], {"ridge_grid": lams.cpu().numpy(), "ridge_rel": RIDGE_GRID[best.cpu().numpy()],
+                        "loo_mse": loo.cpu().numpy(), "form": form}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -920,13 +1016,30 @@ def _run_group(tables: _Tables, feats: list[dict], Ztr: list[np.ndarray], Zte: l
         g = grams[fi] if grams is not None and grams[fi].dtype == torch.float64 else None
         r = fit_linear(Ztr[fi], Ytr, Zte[fi], Yte, hp["ridge"], device=dev, gram=g)  # all regression tasks at once
         sec = (time.perf_counter() - t0) / len(reg)
-        how = ("OLS" if r["method"] == "ols" else
+        how = ("OLS" if r["method"] == "ols" else "" if r["method"] == "ridge_loo" else
                f"{d} features >= {int(tr.sum())} - 1 training clips: dual ridge, penalty {r['ridge_used']:.4g}")
         for k, t in enumerate(reg):
+            if r["method"] == "ridge_loo":
+                rel = r["ridge_rel"][k]
+                edge = " (grid edge)" if rel in (RIDGE_GRID[0], RIDGE_GRID[-1]) else ""
+                how = (f"{d} features, {int(tr.sum())} training clips: {r['form']} ridge, penalty "
+                       f"{r['ridge_used'][k]:.4g} = {rel:.3g}{edge} x trace(K)/n by leave-one-out "
+                       f"(LOO rmse {math.sqrt(r['loo_mse'][:, k].min()):.4f})")
             tables.add_scores(ft["keys"](t["name"], ""), "rmse", r["train_rmse"][k], r["test_rmse"][k])
             log.info(f"probe {ft['label']} | task {t['name']} | {sec:.2f} s | {how} | "
                      f"rmse train {r['train_rmse'][k]:.4f} test {r['test_rmse'][k]:.4f}")
     return grams
+
+
+def _ridge_note(hp: dict) -> str:
+    """How the regression probes set their penalty (one log line per run)."""
+    if hp["ridge"] != "auto":
+        return (f"regression probes: OLS when features + 1 < training clips, else dual ridge with penalty "
+                f"{hp['ridge']:g} x trace(K)/n")
+    return (f"regression probes: ridge for every width, penalty per task by exact leave-one-out on the training "
+            f"split over lam / (trace(K)/n) in {np.array2string(RIDGE_GRID, precision=3, max_line_width=10**4)} "
+            f"({len(RIDGE_GRID)} values, one eigendecomposition of the n_train x n_train Gram matrix K; the p x p "
+            f"covariance instead when n_train x n_train float64 exceeds {GRAM_BYTES / 2**30:g} GiB and p < n_train)")
 
 
 def _chance(tasks: list[dict], split: np.ndarray) -> None:
@@ -958,6 +1071,8 @@ def probe_handcrafted(features_h5, mel_h5, params: dict, dataset: str, log: logg
         index = _handcrafted_index(f, features_h5, n)
         log.info(f"{dataset}: {len(index)} hand-crafted features, {n} clips ({n_tr} train, {n - n_tr} test), "
                  f"tasks {[t['name'] for t in tasks]}, seeds {hp['seeds']}, {hp['epochs']} epochs, device {dev}")
+        if any(t["type"] == "regression" for t in tasks):
+            log.info(_ridge_note(hp))
         items = [{"name": name, **v} for name, v in index.items()]
         for group in _groups(items, n):
             Ztr, Zte, feats = [], [], []
@@ -1023,6 +1138,8 @@ def probe_deep(deep_h5, features_h5, mel_h5, params: dict, dataset: str, log: lo
                              f"{layers}; add it to deep.layers or set probe.concat_features: []")
         log.info(f"{dataset}: {arch} seed {seed} trained on {train_task}: layers {layers}, {n} clips ({n_tr} train), "
                  f"probe tasks {[t['name'] for t in tasks]}, {hp['epochs']} epochs, device {dev}")
+        if any(t["type"] == "regression" for t in tasks):
+            log.info(_ridge_note(hp))
         for layer in layers:
             items = []
             for which in ("trained", "untrained"):
