@@ -140,6 +140,8 @@ def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, t
     time.sleep(1.0)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
+    # a killed Snakemake leaves its lock (it cannot tell a crash from a concurrent run): unlock, then rerun
+    snakemake(done, *args, "--unlock")
     snakemake(done, *args, target)
     assert not ckpt.exists()
     got = torch.load(model, map_location="cpu", weights_only=False)
