@@ -153,8 +153,13 @@ def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, t
 
     params = dict(c["models"], epochs=12)
     fresh = done / "fresh.pt"
-    train_model(done / "results/notes/mel.h5", main, "Regular", 1, {**_model_defaults(done), **params},
-                fresh, done / "fresh.csv", done / "fresh.ckpt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workflow's jobs (OMP_NUM_THREADS = threads = 1): same reductions
+    try:
+        train_model(done / "results/notes/mel.h5", main, "Regular", 1, {**_model_defaults(done), **params},
+                    fresh, done / "fresh.csv", done / "fresh.ckpt")
+    finally:
+        torch.set_num_threads(threads)
     straight = torch.load(fresh, map_location="cpu", weights_only=False)
     for k, v in straight["final_state"].items():
         assert torch.equal(v, got["final_state"][k]), k
