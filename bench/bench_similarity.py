@@ -1,111 +1,244 @@
-"""Benchmark: CKA of conv3-like deep blocks x every hand-crafted feature, reference vs deepfeat.similarity.
+"""Benchmark: linear CKA of one model's conv3 x every hand-crafted feature, deepfeat vs two references.
 
-Reference (what public notebooks do): for every (deep block, feature) pair, from scratch, in float32 numpy:
-centre X and Y, CKA = ||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F). Ours: the pipeline's engine
-(``deepfeat.similarity._Engine``, CKA only, no bootstrap) over the same in-memory float32 arrays (hand-crafted
-features z-scored beforehand, untimed, for both): one streamed float64 pass accumulating every block's X'X once
-(dsyrk) and each deep block against all features in one matmul.
-Prints both times, their ratio and the largest |difference| between the two sets of CKA values.
+The grid: conv3 of one Regular model, trained and untrained (2 blocks of 30x4x4 = 480 columns), against the
+default hand-crafted set at NSynth size (T = 128): 69 features of 128 columns, Wavelet Combined 768, Top 4
+Combined 1,152, DWT db10 2 x 5,329 and DWT bior1.3 2 x 4,356 (75 features, 30,122 columns); 150 CKA values.
+Synthetic float32 data with a shared latent part (so CKA spans a useful range), written as the pipeline's own
+files (mel.h5 clip table, handcrafted.h5, deep .h5; 70/30 split: n training clips of n / 0.7).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py              # defaults below
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py --no-dwt --blocks 10 --n 4000
+- ours: the ``similarity_deep`` job on those files with the dataset's ``handcrafted_moments.h5`` (the job's whole
+  cost: reading HDF5, z-scoring, one streamed float64 pass for conv3 x all features, measures, table; run with
+  ``measures: [cka]``, ``bootstrap: 0`` so it computes what the references compute, then again with the default
+  config's seven measures and 50 bootstrap resamples, printed separately). The cache build (once per dataset,
+  shared by all 30 jobs of the default workflow) is timed and printed separately, not counted in "ours".
+- reference "Kornblith": what the public CKA notebooks do (Kornblith et al. 2019's Colab, which the method's
+  notebooks built on): for every pair, ``cka(gram_linear(X), gram_linear(Y))`` in float32 - both n x n Grams
+  recomputed, symmetry-checked and centred (means in float64, as that code does) for each pair.
+- reference "feature32": the cheaper per-pair form, recomputed from scratch in float32 numpy: centre X and Y,
+  ||Y'X||^2 / (||X'X|| ||Y'Y||).
+Both references get the z-scored float32 training rows in memory (loading and z-scoring them is not timed: in
+their favour). Prints the times (wall and process CPU), the ratios, and the largest |difference| to ours; the
+pairs where they differ most are recomputed in float64 to show whose rounding it is.
 
-Hand-crafted widths follow handcrafted.h5 for NSynth (T=128): 71 per-bin/per-frame features of 128 columns,
-Wavelet Combined 768, Top 4 Combined 1152, DWT db10 2 x 73^2, DWT bior1.3 2 x 66^2 (30,378 columns).
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py                    # n = 2000 and 6000
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py --n 2000 --ref-pairs 30
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from deepfeat import similarity as sim
+from deepfeat.io import write_clip_table, write_h5
+
+P_DEEP = 480  # Regular conv3 on 128 x 128: 30 x 4 x 4
+LATENT = 16
 
 
-def hc_dims(dwt: bool) -> dict[str, int]:
-    d = {f"hc{i:02d}": 128 for i in range(71)}
-    d.update(wavelet_combined=768, top4_combined=1152)
-    if dwt:
-        d.update(dwt_db10_h=73 * 73, dwt_db10_v=73 * 73, dwt_bior_h=66 * 66, dwt_bior_v=66 * 66)
+def hc_dims() -> dict[str, int]:
+    """The default hand-crafted set at NSynth size, in handcrafted.h5 order (key -> width)."""
+    d = {k: 128 for k in ("rms", "spectral_centroid", "spectral_bandwidth", "spectral_flatness", "spectral_rolloff",
+                          "mean_power_frequency", "mean_power_time", "median_power_frequency", "median_power_time",
+                          "time_to_70_db", "time_to_75_db", "time_to_80_db")}
+    for axis in ("", "_over_frequency"):
+        for w in (1, 5, 10, 25):
+            for st in ("mean", "median", "std", "var", "kurtosis", "q25", "q75"):
+                d[f"{st}_wavelet_{w}{axis}"] = 128
+    d.update(wavelet_combined=768, dwt_db10_horizontal=73 * 73, dwt_db10_vertical=73 * 73,
+             dwt_bior1_3_horizontal=66 * 66, dwt_bior1_3_vertical=66 * 66, top_4_combined=1152, random=128)
     return d
 
 
-def make_data(n, blocks, p_deep, dims, seed=0):
+def make_files(root: Path, n: int, seed: int = 0):
+    """Write mel.h5 (clip table), handcrafted.h5 and deep.h5; return the training rows the references get."""
     rng = np.random.default_rng(seed)
-    latent = rng.normal(size=(n, 16)).astype(np.float32)
-    deep = [(latent @ rng.normal(size=(16, p_deep)).astype(np.float32) + rng.normal(size=(n, p_deep)).astype(np.float32)
-             + 3.0) for _ in range(blocks)]
+    N = int(round(n / 0.7))
+    split = np.ones(N, np.uint8)
+    split[rng.choice(N, n, replace=False)] = 0
+    meta = pd.DataFrame({"clip_id": [f"c{i}" for i in range(N)], "recording": [f"r{i}" for i in range(N)],
+                         "offset": np.zeros(N), "split": split, "family": rng.integers(0, 8, N).astype(str)})
+    tasks = [{"name": "family", "type": "classification", "label": "family"}]
+    with write_h5(root / "mel.h5", "mel") as f:
+        f.create_dataset("mel", data=np.zeros((N, 1, 1), np.float32))
+        f.attrs.update(sample_rate=16000, train_mean=0.0, train_std=1.0)
+        write_clip_table(f, meta, tasks, "family")
+    train = split == 0
+    Z = rng.normal(size=(N, LATENT)).astype(np.float32)
+    deep = {}
+    with write_h5(root / "deep.h5", "deep") as f:
+        f.attrs.update(arch="Regular", seed=1, task="family", layers=json.dumps(["conv3"]))
+        for s, state in enumerate(("trained", "untrained")):
+            x = Z @ rng.normal(size=(LATENT, P_DEEP)).astype(np.float32) * (1.5 - s)
+            x += rng.normal(size=(N, P_DEEP)).astype(np.float32) + 3.0
+            f.create_group(state).create_dataset("conv3", data=x, chunks=(min(N, 512), P_DEEP))
+            deep[state] = x[train]
     hc = {}
-    for k, p in dims.items():
-        x = latent @ rng.normal(size=(16, p)).astype(np.float32) * rng.uniform(0.1, 3)
-        x += rng.normal(size=(n, p)).astype(np.float32)
-        hc[k] = x * rng.uniform(0.5, 50) + rng.uniform(-100, 100)
+    with write_h5(root / "handcrafted.h5", "handcrafted") as f:
+        g = f.create_group("features", track_order=True)
+        for k, p in hc_dims().items():
+            x = Z @ rng.normal(size=(LATENT, p)).astype(np.float32) * np.float32(rng.uniform(0.1, 3))
+            x += rng.normal(size=(N, p)).astype(np.float32)
+            x = x * np.float32(rng.uniform(0.5, 50)) + np.float32(rng.uniform(-100, 100))
+            ds = g.create_dataset(k, data=x, chunks=(int(min(N, max(1, (1 << 20) // (4 * p)))), p))
+            ds.attrs["name"] = k
+            xt = x[train].astype(np.float64)
+            hc[k] = ((xt - xt.mean(0)) / xt.std(0)).astype(np.float32)  # the references' input (not timed)
     return deep, hc
 
 
-def reference(deep, hc_z):
-    out = np.empty((len(deep), len(hc_z)))
-    for i, X in enumerate(deep):
-        for j, Y in enumerate(hc_z.values()):
-            Xc = X - X.mean(0, keepdims=True)
-            Yc = Y - Y.mean(0, keepdims=True)
-            out[i, j] = np.linalg.norm(Yc.T @ Xc) ** 2 / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc))
-    return out
+# -- reference 1: the public notebooks' Gram-matrix CKA, float32, everything recomputed per pair -------------
+def gram_linear(x: np.ndarray) -> np.ndarray:
+    return x @ x.T
 
 
-def ours(deep, hc, H, n, chunk, memory_mb):
-    """The pipeline engine on in-memory blocks; ``H`` = the z-scored features side by side, as the reference
-    gets them (the pipeline z-scores inside the engine, one more pass, not part of the comparison)."""
-    names = list(hc)
-    sources = [sim._Source(f"d{i}", {f"d{i}": X.shape[1]}, (lambda X: lambda i0, i1, c0, c1: X[i0:i1, c0:c1])(X),
-                           f"deep{i}") for i, X in enumerate(deep)]
-    sources.append(sim._Source("hc", {k: hc[k].shape[1] for k in names},
-                               lambda i0, i1, c0, c1: H[i0:i1, c0:c1], "handcrafted"))
-    cfg = sim._config({"measures": ["cka"], "bootstrap": 0, "chunk_size": chunk, "memory_mb": memory_mb})
+def center_gram(g: np.ndarray) -> np.ndarray:
+    """Double-centre a symmetric Gram through its column means (accumulated in float64), on a copy."""
+    if not np.allclose(g, g.T):
+        raise ValueError("Gram matrix is not symmetric")
+    g = g.copy()
+    col = g.mean(0, dtype=np.float64)
+    col -= col.mean() / 2
+    g -= col[:, None]
+    g -= col[None, :]
+    return g
+
+
+def cka_gram(gx: np.ndarray, gy: np.ndarray) -> float:
+    gx, gy = center_gram(gx), center_gram(gy)
+    return float(gx.ravel() @ gy.ravel() / (np.linalg.norm(gx) * np.linalg.norm(gy)))
+
+
+def ref_kornblith(X: np.ndarray, Y: np.ndarray) -> float:
+    return cka_gram(gram_linear(X), gram_linear(Y))
+
+
+# -- reference 2: feature-space CKA, float32, recomputed per pair --------------------------------------------
+def ref_feature32(X: np.ndarray, Y: np.ndarray) -> float:
+    Xc = X - X.mean(0, keepdims=True)
+    Yc = Y - Y.mean(0, keepdims=True)
+    return float(np.linalg.norm(Yc.T @ Xc) ** 2 / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc)))
+
+
+def exact64(X: np.ndarray, Y: np.ndarray) -> float:
+    Xc = X.astype(np.float64) - X.astype(np.float64).mean(0)
+    Yc = Y.astype(np.float64) - Y.astype(np.float64).mean(0)
+    return float(np.linalg.norm(Yc.T @ Xc) ** 2 / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc)))
+
+
+def clock(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def run_reference(fn, deep, hc, pairs):
+    vals = {}
+
+    def go():
+        for p in pairs:
+            vals[p] = fn(deep[p[0]], hc[p[1]])
+
+    _, w, c = clock(go)
+    return vals, w, c
+
+
+def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=("Kornblith", "feature32")):
+    tmp = tempfile.TemporaryDirectory(prefix="bench_sim_", dir=keep)
+    root = Path(tmp.name)
     log = logging.getLogger("bench")
-    pairs = [(f"d{i}", k) for i in range(len(deep)) for k in names]
-    res = sim._Engine(sources, np.ones(n, bool), cfg, torch.device("cpu"), log).run(pairs)
-    return np.array([[res[(f"d{i}", k)]["values"]["cka"] for k in names] for i in range(len(deep))])
+    t = time.perf_counter()
+    deep, hc = make_files(root, n)
+    dims = hc_dims()
+    print(f"\n== n = {n} training clips ({int(round(n / 0.7))} clips in the files), conv3 {P_DEEP} columns x 2 "
+          f"(trained, untrained) x {len(dims)} hand-crafted features ({sum(dims.values())} columns); files written in "
+          f"{time.perf_counter() - t:.0f} s")
+    files = (root / "deep.h5", root / "handcrafted.h5", root / "mel.h5")
+    cka_only = {"measures": ["cka"], "bootstrap": 0, "device": "cpu"}
+    cache = root / "handcrafted_moments.h5"
+
+    def build():
+        hm = sim.handcrafted_moments(files[1], files[2], cka_only, log)
+        sim.write_handcrafted_moments(hm, cache, files[1])
+        return hm
+
+    hm, w_c, c_c = clock(build)
+    forms = f"{len(hm.feature)} of {len(hm.keys)} features in feature form, Gram subset m = {hm.m}"
+    print(f"cache build (once per dataset, not in 'ours'): wall {w_c:7.2f} s, cpu {c_c:7.2f} s ({forms}, "
+          f"{cache.stat().st_size / 1e6:.0f} MB)")
+    df, w_o, c_o = clock(lambda: sim.similarity_deep(*files, cka_only, "bench", log, moments_h5=cache))
+    print(f"ours, similarity_deep job, cka only   : wall {w_o:7.2f} s, cpu {c_o:7.2f} s "
+          f"({len(df)} values incl. trained vs untrained; methods {sorted(set(df['method']))})")
+    if full:
+        params = {"measures": list(sim.MEASURES), "bootstrap": 50, "device": "cpu"}
+        dff, w_f, c_f = clock(lambda: sim.similarity_deep(*files, params, "bench", log, moments_h5=cache))
+        print(f"ours, same job, default config (7 measures, 50 bootstrap resamples): wall {w_f:7.2f} s, "
+              f"cpu {c_f:7.2f} s ({len(dff)} values)")
+    d = df[df["comparison"] == "deep_vs_handcrafted"]
+    ours = {(r.trained_a, r.feature_b): float(r.value) for r in d.itertuples()}
+    pairs = [(s, k) for s in ("trained", "untrained") for k in dims]
+    narrow = [p for p in pairs if dims[p[1]] == 128]
+    timed_narrow = narrow
+    if ref_pairs and ref_pairs < len(narrow):  # every wider pair is timed; the alike 128-column ones sampled
+        pick = np.random.default_rng(1).choice(len(narrow), ref_pairs, replace=False)
+        timed_narrow = [narrow[i] for i in sorted(pick)]
+    wide = [p for p in pairs if dims[p[1]] != 128]
+    results = {}
+    for name, fn in (("Kornblith", ref_kornblith), ("feature32", ref_feature32)):
+        if name not in refs:
+            continue
+        vw, ww, cw = run_reference(fn, deep, hc, wide)
+        vn, wn, cn = run_reference(fn, deep, hc, timed_narrow)
+        scale = len(narrow) / len(timed_narrow)
+        w, c = ww + wn * scale, cw + cn * scale
+        vals = {**vw, **vn}
+        results[name] = vals
+        diff = np.array([abs(v - ours[p]) for p, v in vals.items()])
+        how = (f"all {len(wide)} wider pairs + {len(timed_narrow)} of the {len(narrow)} 128-column pairs timed, "
+               f"those scaled x{scale:.1f}" if scale > 1 else f"all {len(pairs)} pairs")
+        print(f"reference {name:9s} (float32, per pair): wall {w:7.2f} s, cpu {c:7.2f} s [{how}]  ->  "
+              f"ours is {w / w_o:6.1f}x faster (wall), {c / c_o:6.1f}x (cpu); "
+              f"largest |difference| {diff.max():.2e}, median {np.median(diff):.1e} over {len(vals)} values")
+    if not results:
+        tmp.cleanup()
+        return
+    sample = list(next(iter(results.values())))
+    worst = sorted(sample, key=lambda p: -max(abs(results[r][p] - ours[p]) for r in results))[:3]
+    for p in worst:
+        e = exact64(deep[p[0]], hc[p[1]])
+        print(f"  {p[0]:9s} x {p[1]:24s}: float64 direct {e:.12f} | ours {ours[p] - e:+.1e} | "
+              + " | ".join(f"{r} {results[r][p] - e:+.1e}" for r in results))
+    vals = np.array(list(ours.values()))
+    print(f"  CKA range of the grid {vals.min():.3f}..{vals.max():.3f}")
+    tmp.cleanup()
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=6000, help="clips (rows); > 5329 keeps the DWT blocks in feature form")
-    ap.add_argument("--blocks", type=int, default=4, help="deep blocks (e.g. trained/untrained conv3 of 2 seeds)")
-    ap.add_argument("--p-deep", type=int, default=480, help="columns per deep block (Regular conv3: 30x4x4)")
-    ap.add_argument("--no-dwt", action="store_true", help="leave out the four DWT features (5,329/4,356 columns)")
-    ap.add_argument("--chunk", type=int, default=2048)
-    ap.add_argument("--memory-mb", type=float, default=4000)
+    ap.add_argument("--n", type=int, nargs="+", default=[2000, 6000],
+                    help="training clips (several sizes: one run each)")
+    ap.add_argument("--ref-pairs", type=int, default=None,
+                    help="time the references on every wider pair but only a seeded sample of this many of the 138 "
+                         "alike 128-column pairs, scaling their time up (printed as such)")
+    ap.add_argument("--no-full", action="store_true", help="skip timing ours with the default config's measures")
+    ap.add_argument("--refs", nargs="*", default=["Kornblith", "feature32"], choices=["Kornblith", "feature32"],
+                    help="references to time (none: only ours and the cache build)")
+    ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    dims = hc_dims(not a.no_dwt)
-    print(f"grid: {a.blocks} deep blocks x {a.p_deep} columns  x  {len(dims)} hand-crafted features "
-          f"({sum(dims.values())} columns), n = {a.n}; torch threads {torch.get_num_threads()}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    deep, hc = make_data(a.n, a.blocks, a.p_deep, dims)
-    hc_z = {}
-    for k, x in hc.items():  # the reference's input: z-scored float32 (not timed)
-        x64 = x.astype(np.float64)
-        hc_z[k] = ((x64 - x64.mean(0)) / x64.std(0)).astype(np.float32)
-
-    H = np.concatenate(list(hc_z.values()), 1)
-    t = time.perf_counter()
-    got = ours(deep, hc_z, H, a.n, a.chunk, a.memory_mb)
-    t_ours = time.perf_counter() - t
-    print(f"ours      (float64, streamed moments): {t_ours:8.2f} s")
-    t = time.perf_counter()
-    ref = reference(deep, hc_z)
-    t_ref = time.perf_counter() - t
-    print(f"reference (float32, per pair)        : {t_ref:8.2f} s")
-    diff = np.abs(got - ref)
-    print(f"speed-up reference/ours: {t_ref / t_ours:.2f}x over {ref.size} CKA values; "
-          f"largest |difference| {diff.max():.2e} (float32 reference), median {np.median(diff):.1e}; "
-          f"CKA range {ref.min():.3f}..{ref.max():.3f}")
+    print(f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    for n in a.n:
+        one_size(n, a.ref_pairs, not a.no_full, a.tmp, a.refs)
 
 
 if __name__ == "__main__":

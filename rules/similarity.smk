@@ -1,10 +1,36 @@
 # Representational similarity (CKA, debiased CKA, LR R2, CCA, SVCCA) of deep and hand-crafted features.
 
 
+# Once per dataset: the hand-crafted features' self terms (z-scoring, covariance spectra, Gram-subset factors),
+# shared by every similarity_deep job. Only the similarity settings that change these values are passed.
+rule handcrafted_moments:
+    input:
+        features=f"{R}/{{dataset}}/handcrafted.h5",
+        mel=f"{R}/{{dataset}}/mel.h5",
+    output:
+        moments=f"{R}/{{dataset}}/similarity/handcrafted_moments.h5",
+    params:
+        similarity={k: config["similarity"][k] for k in ("max_features", "gram_max_clips", "seed")},
+        code=code_hash("similarity"),
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=16000,
+    log:
+        "logs/{dataset}/handcrafted_moments.log",
+    benchmark:
+        "benchmarks/{dataset}/handcrafted_moments.tsv"
+    conda:
+        "../envs/deepfeat.yaml"
+    script:
+        "../scripts/handcrafted_moments.py"
+
+
 rule similarity_deep:
     input:
         deep=f"{R}/{{dataset}}/deep/{{task}}/{{conv_arch}}/seed{{seed}}.h5",
         features=f"{R}/{{dataset}}/handcrafted.h5",
+        moments=f"{R}/{{dataset}}/similarity/handcrafted_moments.h5",
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/deep/{{task}}/{{conv_arch}}/seed{{seed}}.csv",

@@ -1,5 +1,6 @@
 """Snakemake script of rule similarity_deep: every layer (trained and untrained) of one model vs every
-hand-crafted feature, trained vs untrained per layer, and layer vs layer, on the training clips."""
+hand-crafted feature, trained vs untrained per layer, and layer vs layer, on the training clips (hand-crafted self
+terms read from the dataset's handcrafted_moments.h5)."""
 from deepfeat.io import get_logger, write_csv
 from deepfeat.similarity import similarity_deep
 
@@ -8,7 +9,7 @@ def main(smk):
     log = get_logger(smk.log[0])
     try:
         df = similarity_deep(smk.input.deep, smk.input.features, smk.input.mel, dict(smk.params.similarity),
-                             smk.params.dataset, log)
+                             smk.params.dataset, log, moments_h5=smk.input.moments)
         write_csv(df, smk.output.table)
     except Exception:
         log.exception("similarity_deep failed")

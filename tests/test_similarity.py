@@ -388,6 +388,12 @@ def test_similarity_deep_cka_only_skips_eigendecompositions(files):
     assert len(merged) == len(only)
     np.testing.assert_allclose(merged["value_x"], merged["value_y"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(merged["ci_low_x"], merged["ci_low_y"], rtol=0, atol=1e-10)
+    # CKA alone: no row-norm sums are accumulated, the values stay the same
+    cka = sim.similarity_deep(*args, {"device": "cpu", "bootstrap": 5, "measures": ["cka"]}, "toy")
+    m2 = cka.merge(full, on=["comparison", "layer_a", "trained_a", "layer_b", "trained_b", "feature_b", "measure"])
+    assert len(m2) == len(cka) and set(cka["measure"]) == {"cka"}
+    np.testing.assert_allclose(m2["value_x"], m2["value_y"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(m2["ci_high_x"], m2["ci_high_y"], rtol=0, atol=1e-10)
 
 
 def test_similarity_deep_rejects_misaligned_rows(files):
@@ -468,3 +474,157 @@ def test_similarity_channels_table(files, monkeypatch):
     row = df[(df["layer_a"] == "conv1/ch0") & (df["layer_b"] == "conv1/ch2") & (df["measure"] == "cka")].iloc[0]
     assert row["value"] == pytest.approx(C[0, 2], abs=1e-9)
     assert row["ci_low"] <= row["value"] <= row["ci_high"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hand-crafted self terms computed once per dataset (handcrafted_moments.h5)
+# ---------------------------------------------------------------------------------------------------------
+class _Lines(list):
+    """A logger stand-in collecting the messages (to see which path the engine took)."""
+
+    def info(self, msg):
+        self.append(msg)
+
+    def __bool__(self):  # an empty collector is still a logger
+        return True
+
+
+def _deep_args(tmp):
+    return tmp / "deep.h5", tmp / "handcrafted.h5", tmp / "mel.h5"
+
+
+def _build_moments(tmp, params):
+    hm = sim.handcrafted_moments(tmp / "handcrafted.h5", tmp / "mel.h5", params, get_logger(None, "test_sim"))
+    path = tmp / "handcrafted_moments.h5"
+    sim.write_handcrafted_moments(hm, path, tmp / "handcrafted.h5")
+    return path
+
+
+def _same_tables(a, b, tol):
+    keys = ["comparison", "layer_a", "trained_a", "layer_b", "trained_b", "feature_b", "measure"]
+    m = a.merge(b, on=keys, suffixes=("_a", "_b"))
+    assert len(m) == len(a) == len(b)
+    for col in ("value", "ci_low", "ci_high"):
+        x, y = m[f"{col}_a"].to_numpy(), m[f"{col}_b"].to_numpy()
+        assert np.array_equal(np.isnan(x), np.isnan(y)), col
+        ok = ~np.isnan(x)
+        assert np.abs(x[ok] - y[ok]).max() <= tol, (col, np.abs(x[ok] - y[ok]).max())
+    for col in ("flag", "method", "n", "p_a", "p_b"):
+        assert (m[f"{col}_a"].fillna("").astype(str) == m[f"{col}_b"].fillna("").astype(str)).all(), col
+
+
+@pytest.mark.parametrize("memory_mb,gram_max_clips", [(4000, 10000), (0.004, 10000), (4000, 20)])
+def test_cached_self_terms_give_the_uncached_table(files, memory_mb, gram_max_clips):
+    """Gram space (default budget) and pair-by-pair factors (tiny budget); a Gram subset smaller than the
+    training set (20 of 42 clips) makes the cache stream the feature-form covariances separately."""
+    tmp, train, _, _ = files
+    params = dict(bootstrap=30, seed=5, device="cpu", memory_mb=memory_mb, gram_max_clips=gram_max_clips,
+                  chunk_size=16)
+    path = _build_moments(tmp, params)
+    lines = _Lines()
+    cached = sim.similarity_deep(*_deep_args(tmp), params, "toy", lines, moments_h5=path)
+    uncached = sim.similarity_deep(*_deep_args(tmp), params, "toy", get_logger(None, "test_sim"))
+    assert any("self terms read from" in s for s in lines)
+    assert not any("z-scored" in s for s in lines)  # the hand-crafted columns were not re-standardised
+    assert any(("Gram space" in s) == (memory_mb > 1) for s in lines if s.startswith("Gram form"))
+    _same_tables(cached, uncached, 1e-10)
+    if gram_max_clips < train.sum():
+        g = cached[cached["method"] == "gram"]
+        assert len(g) and (g["n"] == gram_max_clips).all()
+
+
+def test_moments_file_holds_the_self_terms(files):
+    tmp, train, _, hc = files
+    n = int(train.sum())
+    path = _build_moments(tmp, {"device": "cpu", "gram_max_clips": 30, "seed": 2})
+    hm = sim.read_handcrafted_moments(path)
+    assert hm.n == n and hm.m == 30 and hm.settings == {"max_features": 12000, "gram_max_clips": 30, "seed": 2}
+    assert set(hm.gram) == set(hm.keys) and set(hm.feature) == {"rms", "mean_power_frequency", "random"}
+    sub = np.flatnonzero(train)[sim._gram_subset(n, 30, 2)]
+    assert np.array_equal(hm.sub_rows, sub)
+    for key, (name, p) in HC.items():
+        z = zscore(hc[name].astype(np.float64), train)
+        np.testing.assert_allclose(hm.shift[key], hc[name][train].astype(np.float64).mean(0), rtol=1e-12)
+        y = z[train] - z[train].mean(0)
+        C = y.T @ y
+        if key in hm.feature:
+            f = hm.feature[key]
+            np.testing.assert_allclose(f["lam"], np.sort(np.clip(np.linalg.eigvalsh(C), 0, None))[::-1],
+                                       rtol=1e-10, atol=1e-9)
+            assert f["fro2"] == pytest.approx((C * C).sum(), rel=1e-12)
+            assert f["aa"] == pytest.approx((((y * y).sum(1)) ** 2).sum(), rel=1e-12)
+            np.testing.assert_allclose(f["q"], ((y @ C) * y).sum(1), rtol=1e-10)
+            V = hm.feature_V[key]
+            np.testing.assert_allclose(V.T @ C @ V, np.diag(f["lam"]), atol=1e-9 * f["lam"][0])
+        ys = z[sub] - z[sub].mean(0)
+        K = ys @ ys.T
+        g, B = hm.gram[key], hm.gram_B[key]
+        np.testing.assert_allclose(B @ B.T, K, rtol=1e-9, atol=1e-9 * np.abs(K).max())
+        if p >= 30:  # wider than the subset: the Gram itself is kept too
+            np.testing.assert_allclose(hm.gram_K[key], K, rtol=1e-10, atol=1e-10 * np.abs(K).max())
+        np.testing.assert_allclose(g["a"], np.diag(K), rtol=1e-10)
+        np.testing.assert_allclose(g["q"], (K * K).sum(1), rtol=1e-9)
+        assert g["fro2"] == pytest.approx((K * K).sum(), rel=1e-12)
+
+
+def test_stale_moments_are_refused(files):
+    tmp, *_ = files
+    path = _build_moments(tmp, {"device": "cpu"})
+    with pytest.raises(ValueError, match="handcrafted_moments.h5: built with other similarity settings"):
+        sim.similarity_deep(*_deep_args(tmp), {"device": "cpu", "seed": 9}, "toy", moments_h5=path)
+    write_hc(tmp / "handcrafted.h5", 60, seed=1)  # same features, other values: still consistent widths ...
+    import h5py
+
+    with h5py.File(tmp / "handcrafted.h5", "a") as f:  # ... but one more feature is a different store
+        f["features"].create_dataset("extra", data=np.ones((60, 2), np.float32))
+    with pytest.raises(ValueError, match="its features differ"):
+        sim.similarity_deep(*_deep_args(tmp), {"device": "cpu"}, "toy", moments_h5=path)
+
+
+def test_fast_singular_values():
+    rng = np.random.default_rng(13)
+    W = torch.as_tensor(rng.normal(size=(40, 12)))
+    np.testing.assert_allclose(sim._svals(W).numpy(), torch.linalg.svdvals(W).numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(sim._svals(W.T).numpy(), torch.linalg.svdvals(W).numpy(), rtol=1e-12, atol=1e-13)
+    Wd = W.clone()
+    Wd[:, 3] = 1e-9 * Wd[:, 0] + Wd[:, 1]  # nearly dependent: singular value ~1e-9, the SVD fallback keeps it
+    s = sim._svals(Wd)
+    np.testing.assert_allclose(s.numpy(), torch.linalg.svdvals(Wd).numpy(), rtol=1e-12, atol=1e-15)
+    assert 0 < float(s[-1]) < 1e-8
+
+
+def test_similarity_channels_subset(files, monkeypatch):
+    """channel_max_clips < n_train: a seeded subset, n says so; in-memory and streamed (tiny budget) agree."""
+    tmp, train, _, _ = files
+    from deepfeat import extract, models
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(1, 4, 3)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+    monkeypatch.setattr(models, "load_model", lambda path, which="trained", device=None: (
+        Net(), {"arch": "Regular", "seed": 4, "task": "family", "train_mean": -40.0, "train_std": 8.0}))
+    monkeypatch.setattr(extract, "layer_activations", lambda model, x, layers, point="raw": {
+        "conv1": model.conv(x), "pool1": torch.nn.functional.max_pool2d(model.conv(x), 2)})
+    base = {"device": "cpu", "bootstrap": 20, "channel_max_clips": 25, "seed": 3}
+    lines = _Lines()
+    df = sim.similarity_channels(tmp / "m.pt", tmp / "mel.h5", base, {"point": "raw"}, lines)
+    assert (df["n"] == 25).all() and any("on 25 of 42 training clips (seeded subset" in s for s in lines)
+    streamed = sim.similarity_channels(tmp / "m.pt", tmp / "mel.h5", {**base, "memory_mb": 0.01}, {"point": "raw"})
+    np.testing.assert_allclose(streamed["value"], df["value"], atol=1e-12)
+    np.testing.assert_allclose(streamed["ci_low"], df["ci_low"], atol=1e-12, equal_nan=True)
+    # the values are channel_cka on the seeded subset of the training clips
+    rows_train = np.flatnonzero(train)
+    rows = np.sort(rows_train[np.random.default_rng([3, 104729]).choice(len(rows_train), 25, replace=False)])
+    with __import__("deepfeat.io", fromlist=["open_h5"]).open_h5(tmp / "mel.h5", "mel") as f:
+        mel = f["mel"][:][rows]
+    with torch.no_grad():
+        C = sim.channel_cka(conv((torch.as_tensor(mel)[:, None] + 40.0) / 8.0).double())
+    got = df[(df["layer_a"] == "conv1/ch1") & (df["layer_b"] == "conv1/ch3") & (df["measure"] == "cka")]
+    assert got["value"].iloc[0] == pytest.approx(C[1, 3], abs=1e-9)
+    other = sim.similarity_channels(tmp / "m.pt", tmp / "mel.h5", {**base, "seed": 4}, {"point": "raw"})
+    assert np.abs(other["value"].to_numpy() - df["value"].to_numpy()).max() > 1e-6
