@@ -2,12 +2,11 @@
 from pathlib import Path
 
 from deepfeat.ingest import ingest_dataset
-from deepfeat.io import get_logger
+from deepfeat.io import rule_log
 
 
 def main(smk):
-    log = get_logger(smk.log[0])
-    try:
+    with rule_log(smk) as log:
         summary = ingest_dataset(
             Path(smk.params.root),
             dict(smk.params.dataset),
@@ -16,10 +15,7 @@ def main(smk):
             on_error=smk.params.on_error,
             log=log,
         )
-    except Exception:
-        log.exception("ingest failed")
-        raise
-    log.info(f"done: {summary['n_clips']} clips, {len(summary['skipped'])} files skipped")
+        log.info(f"done: {summary['n_clips']} clips, {len(summary['skipped'])} files skipped")
 
 
 main(snakemake)  # noqa: F821

@@ -5,20 +5,16 @@ Everything goes into the folder of ``output.manifest``; ``manifest.json`` is wri
 import json
 from pathlib import Path
 
-from deepfeat.io import get_logger
+from deepfeat.io import rule_log
 from deepfeat.render import render_dataset
 
 
 def main(smk):
-    log = get_logger(smk.log[0])
-    out_dir = Path(smk.output.manifest).parent
-    try:
+    with rule_log(smk) as log:
+        out_dir = Path(smk.output.manifest).parent
         render = json.loads(json.dumps(dict(smk.params.render)))  # plain types, a private copy
         manifest = render_dataset(out_dir, render, int(smk.params.sample_rate), log=log)
-    except Exception:
-        log.exception("render_demo failed")
-        raise
-    log.info(f"done: {manifest['n_files']} files, {manifest['audio_seconds']:.0f} s of audio in {out_dir}")
+        log.info(f"done: {manifest['n_files']} files, {manifest['audio_seconds']:.0f} s of audio in {out_dir}")
 
 
 main(snakemake)  # noqa: F821

@@ -1,11 +1,10 @@
 """Snakemake rule `train`: one network (task x arch x seed) on one mel.h5 -> model file + history CSV."""
-from deepfeat.io import get_logger
+from deepfeat.io import rule_log
 from deepfeat.train import train_model
 
 
 def main(smk):
-    log = get_logger(smk.log[0])
-    try:
+    with rule_log(smk) as log:
         train_model(
             mel_h5=smk.input.mel,
             task=smk.wildcards.task,
@@ -17,9 +16,6 @@ def main(smk):
             checkpoint=smk.params.checkpoint,
             log=log,
         )
-    except Exception:
-        log.exception("train failed")
-        raise
 
 
 main(snakemake)  # noqa: F821

@@ -122,6 +122,22 @@ def test_every_rule_script_exists_and_is_thin():
         text = (ROOT / "scripts" / s).read_text()
         assert "snakemake.config" not in text, f"{s} reads the config directly; use params"
         assert len(text.splitlines()) < 120, f"{s} is not thin"
+        assert "with rule_log(smk) as log:" in text, f"{s} does not log its failures (use deepfeat.io.rule_log)"
+
+
+def test_rule_log_writes_the_traceback_of_a_failure_and_reraises(tmp_path):
+    from types import SimpleNamespace
+
+    from deepfeat.io import rule_log
+
+    smk = SimpleNamespace(log=[str(tmp_path / "logs" / "x.log")], rule="train")
+    with pytest.raises(ValueError, match="bad input"):
+        with rule_log(smk) as log:
+            log.info("starting")
+            raise ValueError("bad input")
+    text = (tmp_path / "logs" / "x.log").read_text()
+    assert "starting" in text and "rule train failed" in text
+    assert "Traceback" in text and "ValueError: bad input" in text
 
 
 def _snakemake(*args, cwd=ROOT):
@@ -152,3 +168,23 @@ def test_a_configfile_on_the_command_line_replaces_config_yaml(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "results/mini/clips.h5" in out and "results/notes/" not in out and "composers" not in out
+
+
+def test_workflow_times_sums_the_benchmark_files_per_rule(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import workflow_times
+    finally:
+        sys.path.pop(0)
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, sec in (("notes/train/family/Regular/seed1.tsv", 20.0), ("notes/train/family/Regular/seed2.tsv", 30.0),
+                     ("notes/melspec.tsv", 4.0)):
+        f = tmp_path / "benchmarks" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(head + f"{sec}\t0:00:{int(sec):02d}\t100.5\t1\t1\t1\t0\t0\t0\t{sec}\n")
+    s = workflow_times.summarise(workflow_times.collect(tmp_path / "benchmarks"))
+    assert s.loc["train", "jobs"] == 2 and s.loc["train", "total_s"] == 50.0 and s.loc["melspec", "mean_s"] == 4.0
+    assert list(s.index) == ["train", "melspec"]
+    assert workflow_times.main([str(tmp_path / "benchmarks"), "--cores", "2"]) == 0
+    assert "3 jobs, 54 job-seconds" in capsys.readouterr().out
+    assert workflow_times.main([str(tmp_path / "nothing")]) == 1

@@ -215,3 +215,17 @@ def get_logger(log_path: str | os.PathLike | None = None, name: str = "deepfeat"
         logger.addHandler(h)
     logger.propagate = False
     return logger
+
+
+@contextlib.contextmanager
+def rule_log(smk) -> Iterator[logging.Logger]:
+    """The logger of a Snakemake script (``smk`` = its ``snakemake`` object): the rule's log file and stderr.
+
+    An exception raised inside the block is written to the log file with its traceback, then re-raised, so a
+    failed job's log says why (Snakemake shows the log path)."""
+    log = get_logger(smk.log[0] if len(smk.log) else None)
+    try:
+        yield log
+    except Exception:
+        log.exception(f"rule {getattr(smk, 'rule', '?')} failed")
+        raise

@@ -276,6 +276,24 @@ def _ref_line(ax, y, label, style, color):
         ax.axhline(y, linestyle=style, color=color, linewidth=1.1, label=label)
 
 
+def _arch_grid(n: int):
+    """(fig, axes 2-D, ncols): one panel per architecture, at most 3 per row, shared y axis."""
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows + 0.6), squeeze=False,
+                             sharey=True, layout="constrained")
+    return fig, axes, ncols
+
+
+def _layer_axis(ax, order, title: str, ylabel: str):
+    """x axis = layers in ``order``; the panel's title and (first column only) y label."""
+    ax.set_xticks(np.arange(len(order)), order)
+    ax.set_xlim(-0.35, len(order) - 0.65)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+
+
 def decoding_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
     """Accuracy/RMSE by layer per (train task, probe task): one panel per architecture, trained vs untrained."""
     layers = t["layers"][t["layers"]["split"] == "test"]
@@ -285,10 +303,7 @@ def decoding_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
     for (tt, pt), g in layers.groupby(["train_task", "probe_task"], sort=False):
         archs = order_values(g["arch"], "arch")
         metric = g["metric"].iloc[0]
-        ncols = min(len(archs), 3)
-        nrows = math.ceil(len(archs) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows + 0.6), squeeze=False,
-                                 sharey=True, layout="constrained")
+        fig, axes, ncols = _arch_grid(len(archs))
         best = hc[(hc["probe_task"] == pt)]
         hc_name = best["handcrafted_best"].iloc[0] if len(best) else ""
         hc_mean = best["handcrafted_mean"].iloc[0] if len(best) else np.nan
@@ -311,11 +326,7 @@ def decoding_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
                 net = t["networks"][(t["networks"]["task"] == pt) & (t["networks"]["arch"] == arch)]
                 if len(net):
                     _ref_line(ax, net["mean"].iloc[0], "network's own score", (0, (1, 3)), "tab:red")
-            ax.set_xticks(np.arange(len(order)), order)
-            ax.set_xlim(-0.35, len(order) - 0.65)
-            ax.set_title(arch_display(arch), fontsize=10)
-            ax.set_xlabel("layer")
-            ax.set_ylabel(_ylabel(metric, pt) if k % ncols == 0 else "")
+            _layer_axis(ax, order, arch_display(arch), _ylabel(metric, pt) if k % ncols == 0 else "")
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8)
         src = f"features of networks trained on {tt}" if tt else "features"
@@ -335,10 +346,7 @@ def robustness_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
             continue  # only the network's own task: already in decoding_<pt>_to_<pt>
         archs = order_values(g["arch"], "arch")
         metric = g["metric"].iloc[0]
-        ncols = min(len(archs), 3)
-        nrows = math.ceil(len(archs) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows + 0.6), squeeze=False,
-                                 sharey=True, layout="constrained")
+        fig, axes, ncols = _arch_grid(len(archs))
         for k, ax in enumerate(axes.ravel()):
             if k >= len(archs):
                 ax.set_visible(False)
@@ -353,11 +361,7 @@ def robustness_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
             _ref_line(ax, a["network_mean"].iloc[0], f"network trained on {pt}", (0, (1, 3)), "tab:red")
             _ref_line(ax, a["handcrafted_mean"].iloc[0], f"best hand-crafted ({a['handcrafted_best'].iloc[0]})",
                       "-.", "tab:green")
-            ax.set_xticks(np.arange(len(order)), order)
-            ax.set_xlim(-0.35, len(order) - 0.65)
-            ax.set_title(arch_display(archs[k]), fontsize=10)
-            ax.set_xlabel("layer")
-            ax.set_ylabel(_ylabel(metric, pt) if k % ncols == 0 else "")
+            _layer_axis(ax, order, arch_display(archs[k]), _ylabel(metric, pt) if k % ncols == 0 else "")
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
         fig.suptitle(f"Robustness: decoding {pt} from trained features of networks trained on each task "

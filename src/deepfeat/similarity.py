@@ -536,24 +536,20 @@ def _measures(F: float, ab: float, sx: _Spec, sy: _Spec, measures, n: int, lr: C
             setnan(["r2_lr"], f"rank_b={sy.rank}>=n-1={n - 1}")
         else:
             vals["r2_lr"] = float(lr()) / sx.trace
-    cca_ms = [m for m in ("r2_cca", "rho_cca") if m in measures]
-    if cca_ms:
-        bad = [f"rank_{k}={s.rank}>=n-1={n - 1}" for k, s in (("a", sx), ("b", sy)) if s.rank >= n - 1]
+    # CCA over the full ranks, SVCCA over the 99 %-variance dimensions d: the same two numbers from singular values
+    for (r2, rho), dim, label, svals in ((("r2_cca", "rho_cca"), "rank", "rank", cca_sv),
+                                         (("r2_svcca", "rho_svcca"), "d", "svcca_dim", svcca_sv)):
+        ms = [m for m in (r2, rho) if m in measures]
+        if not ms:
+            continue
+        da, db = getattr(sx, dim), getattr(sy, dim)
+        bad = [f"{label}_{k}={v}>=n-1={n - 1}" for k, v in (("a", da), ("b", db)) if v >= n - 1]
         if bad:
-            setnan(cca_ms, ";".join(bad))
+            setnan(ms, ";".join(bad))
         else:
-            sv = cca_sv()
-            k = min(sx.rank, sy.rank)
-            vals["r2_cca"], vals["rho_cca"] = float((sv * sv).sum()) / k, float(sv.sum()) / k
-    sv_ms = [m for m in ("r2_svcca", "rho_svcca") if m in measures]
-    if sv_ms:
-        bad = [f"svcca_dim_{k}={s.d}>=n-1={n - 1}" for k, s in (("a", sx), ("b", sy)) if s.d >= n - 1]
-        if bad:
-            setnan(sv_ms, ";".join(bad))
-        else:
-            sv = svcca_sv()
-            k = min(sx.d, sy.d)
-            vals["r2_svcca"], vals["rho_svcca"] = float((sv * sv).sum()) / k, float(sv.sum()) / k
+            sv = svals()
+            k = min(da, db)
+            vals[r2], vals[rho] = float((sv * sv).sum()) / k, float(sv.sum()) / k
     return {m: vals[m] for m in measures}, {m: flags[m] for m in measures if m in flags}
 
 
