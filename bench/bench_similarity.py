@@ -16,6 +16,11 @@ files (mel.h5 clip table, handcrafted.h5, deep .h5; 70/30 split: n training clip
   recomputed, symmetry-checked and centred (means in float64, as that code does) for each pair.
 - reference "feature32": the cheaper per-pair form, recomputed from scratch in float32 numpy: centre X and Y,
   ||Y'X||^2 / (||X'X|| ||Y'Y||).
+The target of issue #8 (>= 20x for the conv3 x all-features grid) is measured against "Kornblith": it is the
+reference approach of the method (its notebooks recompute the full Gram-matrix CKA for every pair, in float32).
+"feature32" is printed beside it as the strongest per-pair baseline we know: it and ours both pay the deep x
+hand-crafted cross product n p1 sum(p2) (ours in float64, ~2x the float32 cost here), so its ratio is bounded by
+what per-pair recomputation of the self terms costs - a few times, not 20x.
 Both references get the z-scored float32 training rows in memory (loading and z-scoring them is not timed: in
 their favour). Prints the times (wall and process CPU), the ratios, and the largest |difference| to ours; the
 pairs where they differ most are recomputed in float64 to show whose rounding it is.
@@ -208,6 +213,9 @@ def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=(
         print(f"reference {name:9s} (float32, per pair): wall {w:7.2f} s, cpu {c:7.2f} s [{how}]  ->  "
               f"ours is {w / w_o:6.1f}x faster (wall), {c / c_o:6.1f}x (cpu); "
               f"largest |difference| {diff.max():.2e}, median {np.median(diff):.1e} over {len(vals)} values")
+        if name == "Kornblith":
+            print(f"  target of issue #8, >= 20x against the method's reference approach: "
+                  f"{'met' if w / w_o >= 20 else 'NOT met'} ({w / w_o:.1f}x)")
     if not results:
         tmp.cleanup()
         return
