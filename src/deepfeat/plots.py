@@ -276,13 +276,16 @@ def _ref_line(ax, y, label, style, color):
         ax.axhline(y, linestyle=style, color=color, linewidth=1.1, label=label)
 
 
-def _arch_grid(n: int):
-    """(fig, axes 2-D, ncols): one panel per architecture, at most 3 per row, shared y axis."""
+def _grid(n: int, cell_w: float, cell_h: float, extra_h: float = 0.0, sharey: bool = False):
+    """(fig, the n panels in row order, ncols): at most 3 panels per row, each cell_w x cell_h inches (plus
+    extra_h for the whole figure); the unused cells of the last row are hidden."""
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows + 0.6), squeeze=False,
-                             sharey=True, layout="constrained")
-    return fig, axes, ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_w * ncols, cell_h * nrows + extra_h), squeeze=False,
+                             sharey=sharey, layout="constrained")
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()[:n], ncols
 
 
 def _layer_axis(ax, order, title: str, ylabel: str):
@@ -303,14 +306,11 @@ def decoding_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
     for (tt, pt), g in layers.groupby(["train_task", "probe_task"], sort=False):
         archs = order_values(g["arch"], "arch")
         metric = g["metric"].iloc[0]
-        fig, axes, ncols = _arch_grid(len(archs))
+        fig, panels, ncols = _grid(len(archs), 4.2, 3.4, extra_h=0.6, sharey=True)  # a panel per arch
         best = hc[(hc["probe_task"] == pt)]
         hc_name = best["handcrafted_best"].iloc[0] if len(best) else ""
         hc_mean = best["handcrafted_mean"].iloc[0] if len(best) else np.nan
-        for k, ax in enumerate(axes.ravel()):
-            if k >= len(archs):
-                ax.set_visible(False)
-                continue
+        for k, ax in enumerate(panels):
             arch = archs[k]
             a = g[g["arch"] == arch]
             order = order_values(a["layer"], "layer")
@@ -327,7 +327,7 @@ def decoding_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
                 if len(net):
                     _ref_line(ax, net["mean"].iloc[0], "network's own score", (0, (1, 3)), "tab:red")
             _layer_axis(ax, order, arch_display(arch), _ylabel(metric, pt) if k % ncols == 0 else "")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
+        handles, labels = panels[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8)
         src = f"features of networks trained on {tt}" if tt else "features"
         fig.suptitle(f"Decoding {pt} from {src}, by layer (mean ± sd over seeds)", fontsize=11)
@@ -346,11 +346,8 @@ def robustness_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
             continue  # only the network's own task: already in decoding_<pt>_to_<pt>
         archs = order_values(g["arch"], "arch")
         metric = g["metric"].iloc[0]
-        fig, axes, ncols = _arch_grid(len(archs))
-        for k, ax in enumerate(axes.ravel()):
-            if k >= len(archs):
-                ax.set_visible(False)
-                continue
+        fig, panels, ncols = _grid(len(archs), 4.2, 3.4, extra_h=0.6, sharey=True)  # a panel per arch
+        for k, ax in enumerate(panels):
             a = g[g["arch"] == archs[k]]
             order = order_values(a["layer"], "layer")
             for i, tt in enumerate(order_values(a["train_task"], "train_task")):
@@ -362,7 +359,7 @@ def robustness_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
             _ref_line(ax, a["handcrafted_mean"].iloc[0], f"best hand-crafted ({a['handcrafted_best'].iloc[0]})",
                       "-.", "tab:green")
             _layer_axis(ax, order, arch_display(archs[k]), _ylabel(metric, pt) if k % ncols == 0 else "")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
+        handles, labels = panels[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
         fig.suptitle(f"Robustness: decoding {pt} from trained features of networks trained on each task "
                      "(mean ± sd over seeds)", fontsize=11)
@@ -460,16 +457,9 @@ def pca_figure(mel_h5, out_dir: Path, p: dict, log) -> list[Path]:
     z = u * s
     pct = 100.0 * s**2 / float(np.einsum("ij,ij->", x, x))
     tasks = sorted(tasks, key=lambda t: t["name"] != main)
-    ncols = min(len(tasks), 3)
-    nrows = math.ceil(len(tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 4.6 * nrows), squeeze=False,
-                             layout="constrained")
+    fig, axes, _ = _grid(len(tasks), 5.6, 4.6)
     sub = meta.iloc[idx]
-    for k, ax in enumerate(axes.ravel()):
-        if k >= len(tasks):
-            ax.set_visible(False)
-            continue
-        tk = tasks[k]
+    for tk, ax in zip(tasks, axes):
         if tk["type"] == "classification":
             hue = sub[tk["name"]].astype(str).to_numpy()
             order = [c for c in tk["classes"] if c in set(hue)]
