@@ -1,14 +1,16 @@
 # Two commands do all the set-up (see README.md):
 #   make run    - create .venv on first use, install deepfeat and its pinned dependencies, run the workflow
 #   make test   - same set-up, then the test suite (what .ci/run calls)
+#   make lint   - ruff, snakefmt and snakemake --lint (CI runs it too); make format applies the formatters
 VENV    ?= .venv
 PYTHON  ?= python3.11
 CORES   ?= 2
 ARGS    ?=
 STAMP   := $(VENV)/.installed
+PY_SRC  := src tests bench scripts
 BIN     := $(VENV)/bin
 
-.PHONY: run test dry lint report clean-venv
+.PHONY: run test dry lint format report clean-venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -31,8 +33,18 @@ test: $(STAMP)
 dry: $(STAMP)
 	$(BIN)/snakemake -n $(ARGS)
 
+# ruff (lint + format check) on the Python code, snakefmt on the workflow files, Snakemake's own linter
 lint: $(STAMP)
+	$(BIN)/ruff check $(PY_SRC)
+	$(BIN)/ruff format --check $(PY_SRC)
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint $(ARGS)
+
+# apply the formatters that `make lint` checks
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(PY_SRC)
+	$(BIN)/ruff format $(PY_SRC)
+	$(BIN)/snakefmt Snakefile rules
 
 report: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default --report results/report.html $(ARGS)

@@ -18,7 +18,8 @@ if not workflow.overwrite_configfiles:
 report: "report/workflow.rst"
 
 
-validate(config, "schemas/config.schema.yaml")
+# The schema is the one source of every default: validation fills them into `config`.
+validate(config, "src/deepfeat/config.schema.yaml")
 
 # The package lives in src/: make it importable in every job (local, conda env or SLURM job step)
 # without requiring an install, so rules always run the code of this checkout.
@@ -39,6 +40,6 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -3,13 +3,14 @@
 Reference (as the paper's notebooks did): for every clip, mel bin and width, the old
 ``scipy.signal.cwt(row, ricker, [w])`` written out as ``np.convolve(row, ricker(min(10w, T), w), 'same')``,
 then numpy/scipy statistics of that row (mean, median, std, var, kurtosis, 25th/75th percentile).
-Ours: the store's code path (:class:`deepfeat.handcrafted.Chunk`): one float64 matmul with all widths'
+Ours: the store's code path (:class:`deepfeat.features.Chunk`): one float64 matmul with all widths'
 (T x T) Ricker matrices stacked, the mean over time without the transform, and one sort for the quantiles.
 Both run on the same clips in one process; the script checks that they agree and prints the speed-up.
 A second section times the five librosa frame features: per-clip calls on y vs one batched STFT.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_handcrafted.py [--clips 32] [--frames 176]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,8 @@ import librosa
 import numpy as np
 import scipy.stats
 
-from deepfeat import handcrafted as hc
+from deepfeat import config
+from deepfeat import features as hc
 
 WIDTHS = [1, 5, 10, 25]
 
@@ -56,13 +58,22 @@ def reference_transform(mel: np.ndarray, widths) -> np.ndarray:
     return out
 
 
+def settings(given: dict) -> dict:
+    """The ``handcrafted`` settings the store's job receives for ``given`` (schema defaults filled, checked)."""
+    params = config.settings("handcrafted", given, config.section_keys("handcrafted"))
+    hc.check_settings(params)
+    return params
+
+
 def ours_wavelet(mel: np.ndarray, widths) -> dict[tuple[int, str], np.ndarray]:
     """The store's path for the over-time family: Chunk.wavelet_stats for every width."""
-    params = hc.check_params({"features": ["wavelet"], "ricker_widths": widths, "wavelet_axes": ["time"],
-                              "combined_width": widths[-1]})
-    plan = hc._plan(params, ["wavelet"])
-    ctx = hc.Chunk(None, mel, 0, len(mel), 16000, params, {"n_fft": 2048, "hop_length": 502}, plan, {},
-                   defaultdict(float))
+    params = settings(
+        {"features": ["wavelet"], "ricker_widths": widths, "wavelet_axes": ["time"], "combined_width": widths[-1]}
+    )
+    plan = hc.make_plan(params, ["wavelet"])
+    ctx = hc.Chunk(
+        None, mel, 0, len(mel), 16000, params, {"n_fft": 2048, "hop_length": 502}, plan, {}, defaultdict(float)
+    )
     return {(w, s): v for w in widths for s, v in ctx.wavelet_stats("time", w).items()}
 
 
@@ -70,22 +81,37 @@ def reference_librosa(y: np.ndarray, sr: int) -> list[np.ndarray]:
     kw = dict(sr=sr, n_fft=2048, hop_length=502)
     out = []
     for clip in y:
-        out.append(np.concatenate([
-            librosa.feature.rms(y=clip, frame_length=2048, hop_length=502)[0],
-            librosa.feature.spectral_centroid(y=clip, **kw)[0],
-            librosa.feature.spectral_bandwidth(y=clip, **kw)[0],
-            librosa.feature.spectral_flatness(y=clip, n_fft=2048, hop_length=502)[0],
-            librosa.feature.spectral_rolloff(y=clip, roll_percent=0.85, **kw)[0],
-        ]))
+        out.append(
+            np.concatenate(
+                [
+                    librosa.feature.rms(y=clip, frame_length=2048, hop_length=502)[0],
+                    librosa.feature.spectral_centroid(y=clip, **kw)[0],
+                    librosa.feature.spectral_bandwidth(y=clip, **kw)[0],
+                    librosa.feature.spectral_flatness(y=clip, n_fft=2048, hop_length=502)[0],
+                    librosa.feature.spectral_rolloff(y=clip, roll_percent=0.85, **kw)[0],
+                ]
+            )
+        )
     return out
 
 
 def ours_librosa(y: np.ndarray, sr: int) -> np.ndarray:
-    params = hc.check_params({"features": ["rms", "spectral_centroid", "spectral_bandwidth", "spectral_flatness",
-                                           "spectral_rolloff"]})
+    params = settings(
+        {"features": ["rms", "spectral_centroid", "spectral_bandwidth", "spectral_flatness", "spectral_rolloff"]}
+    )
     mel_stub = np.zeros((len(y), 1, 1))
-    ctx = hc.Chunk(y, mel_stub, 0, len(y), sr, params, {"n_fft": 2048, "hop_length": 502},
-                   hc._plan(params, []), {}, defaultdict(float))
+    ctx = hc.Chunk(
+        y,
+        mel_stub,
+        0,
+        len(y),
+        sr,
+        params,
+        {"n_fft": 2048, "hop_length": 502},
+        hc.make_plan(params, []),
+        {},
+        defaultdict(float),
+    )
     feats = [f for fam in params["features"] for f in hc.FEATURES[fam](ctx)]
     return np.concatenate([f.values for f in feats], axis=1)
 
@@ -112,22 +138,31 @@ def main():
     ours, t_ours = timed(ours_wavelet, mel, WIDTHS)
     ref, t_ref = timed(reference_wavelet, mel, WIDTHS)
     err = max(float(np.max(np.abs(ours[k] - ref[k]) / (1 + np.abs(ref[k])))) for k in ref)
-    print(f"Ricker wavelet stats over time, {a.clips} clips x 128 bins x {a.frames} frames, widths {WIDTHS}, "
-          f"{len(hc.STATS)} stats")
+    print(
+        f"Ricker wavelet stats over time, {a.clips} clips x 128 bins x {a.frames} frames, widths {WIDTHS}, "
+        f"{len(hc.STATS)} stats"
+    )
     print(f"  reference per-row loop : {t_ref:8.3f} s  ({a.clips / t_ref:8.1f} clips/s)")
     print(f"  deepfeat batched       : {t_ours:8.3f} s  ({a.clips / t_ours:8.1f} clips/s)")
     print(f"  speed-up               : {t_ref / t_ours:8.1f} x   (max relative difference {err:.1e})")
 
     ref_t, t_rt = timed(reference_transform, mel, WIDTHS)
     ours_t, t_ot = timed(hc.ricker_transform, mel, WIDTHS)
-    print(f"  transform alone        : loop {t_rt:.3f} s, matmul {t_ot:.3f} s, speed-up {t_rt / t_ot:.1f} x "
-          f"(max abs difference {float(np.max(np.abs(ref_t - ours_t))):.1e})")
+    print(
+        f"  transform alone        : loop {t_rt:.3f} s, matmul {t_ot:.3f} s, speed-up {t_rt / t_ot:.1f} x "
+        f"(max abs difference {float(np.max(np.abs(ref_t - ours_t))):.1e})"
+    )
 
     if a.audio_clips:
         sr = 22050
         tt = np.arange(4 * sr) / sr
-        y = np.stack([np.sin(2 * np.pi * rng.uniform(80, 1500) * tt) * np.exp(-tt * rng.uniform(0.2, 3))
-                      + 0.02 * rng.standard_normal(tt.size) for _ in range(a.audio_clips)])
+        y = np.stack(
+            [
+                np.sin(2 * np.pi * rng.uniform(80, 1500) * tt) * np.exp(-tt * rng.uniform(0.2, 3))
+                + 0.02 * rng.standard_normal(tt.size)
+                for _ in range(a.audio_clips)
+            ]
+        )
         ref_l, t_rl = timed(reference_librosa, y, sr)
         ours_l, t_ol = timed(ours_librosa, y, sr)
         err_l = float(np.max(np.abs(np.stack(ref_l) - ours_l) / (1e-9 + np.abs(np.stack(ref_l)))))

@@ -1,10 +1,11 @@
-"""Benchmark: librosa per clip (the reference) vs deepfeat.mel.melspectrogram_db batched, on the same clips.
+"""Benchmark: librosa per clip (the reference) vs deepfeat.data.mel.melspectrogram_db batched, on the same clips.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_mel.py --clips 256 --sr 16000
 
 Prints both times, clips/s, the speed-up (librosa time / ours) and the largest |difference| in dB. Both paths
 run with the same thread count (``--threads``, default 1, set before numpy/torch are imported).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
     import numpy as np
     import torch
 
-    from deepfeat.mel import melspectrogram_db
+    from deepfeat.data.mel import melspectrogram_db
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -45,16 +46,25 @@ def main(argv=None) -> None:
     audio = audio.astype(np.float32)
 
     def ref():
-        return np.stack([
-            librosa.power_to_db(librosa.feature.melspectrogram(y=c, sr=args.sr, n_fft=2048, hop_length=502,
-                                                               n_mels=128, fmax=8000, pad_mode="constant"),
-                                ref=np.max)
-            for c in audio
-        ])
+        return np.stack(
+            [
+                librosa.power_to_db(
+                    librosa.feature.melspectrogram(
+                        y=c, sr=args.sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000, pad_mode="constant"
+                    ),
+                    ref=np.max,
+                )
+                for c in audio
+            ]
+        )
 
     def ours():
-        return np.concatenate([melspectrogram_db(audio[s : s + args.batch], args.sr, device=args.device)
-                               for s in range(0, args.clips, args.batch)])
+        return np.concatenate(
+            [
+                melspectrogram_db(audio[s : s + args.batch], args.sr, device=args.device)
+                for s in range(0, args.clips, args.batch)
+            ]
+        )
 
     ref(), ours()  # warm up (filterbank cache, FFT plans, allocator)
     t_ref, t_ours = [], []
@@ -67,8 +77,10 @@ def main(argv=None) -> None:
         t_ours.append(time.perf_counter() - t0)
     tr, to = min(t_ref), min(t_ours)
     err = float(np.abs(a - b).max())
-    print(f"clips {args.clips} x {L} samples at {args.sr} Hz -> {b.shape[1]} x {b.shape[2]}, "
-          f"threads {args.threads}, device {args.device}, batch {args.batch}")
+    print(
+        f"clips {args.clips} x {L} samples at {args.sr} Hz -> {b.shape[1]} x {b.shape[2]}, "
+        f"threads {args.threads}, device {args.device}, batch {args.batch}"
+    )
     print(f"librosa per clip : {tr:8.3f} s  {args.clips / tr:8.1f} clips/s")
     print(f"deepfeat batched : {to:8.3f} s  {args.clips / to:8.1f} clips/s")
     print(f"ratio (librosa / deepfeat) = {tr / to:.2f}x   max |diff| = {err:.2e} dB")

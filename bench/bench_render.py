@@ -1,13 +1,14 @@
-"""Benchmark: rendering the built-in demo data (deepfeat.render).
+"""Benchmark: rendering the built-in demo data (deepfeat.data.render).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_render.py --notes 240
 
 1. Single notes, in memory: the obvious baseline (a fresh ``tinysoundfont.Synth`` + ``sfload`` per note, as in
-   tinysoundfont's examples) vs ours (:class:`deepfeat.render.NoteRenderer`: one synth, flushed to silence
+   tinysoundfont's examples) vs ours (:class:`deepfeat.data.render.NoteRenderer`: one synth, flushed to silence
    between notes). Same notes, same output (checked bit for bit); prints notes/s of both and the speed-up.
 2. End to end, ``render_dataset`` of each kind into a temporary folder (rendering + 16-bit WAV writing, and
    music21 parsing for the score kinds); prints files, seconds of audio and four-second clips per second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ def main(argv=None) -> None:
     import numpy as np
     import tinysoundfont
 
-    from deepfeat import render as R
+    from deepfeat.data import render as R
 
     sf_bytes = R.default_soundfont().read_bytes()
     rng = np.random.default_rng(0)
@@ -59,26 +60,62 @@ def main(argv=None) -> None:
     ours = [nr.render(*n) for n in notes]
     t_ours = time.perf_counter() - t0
     same = all(np.array_equal(a, b) for a, b in zip(base, ours))
-    print(f"notes ({args.notes} x {hold + rel:g} s at {sr} Hz): baseline fresh synth per note "
-          f"{args.notes / t_base:.0f} notes/s, ours {args.notes / t_ours:.0f} notes/s, "
-          f"speed-up x{t_base / t_ours:.2f}, identical output: {same}")
+    print(
+        f"notes ({args.notes} x {hold + rel:g} s at {sr} Hz): baseline fresh synth per note "
+        f"{args.notes / t_base:.0f} notes/s, ours {args.notes / t_ours:.0f} notes/s, "
+        f"speed-up x{t_base / t_ours:.2f}, identical output: {same}"
+    )
     if args.skip_datasets:
         return
     cfgs = [
-        ("notes", 16000, {"kind": "notes", "seed": 1, "programs_per_family": 3, "notes_per_program": 10,
-                          "velocities": [25, 50, 75, 100, 127], "hold_seconds": 3.0, "release_seconds": 1.0}),
-        ("scores", 22050, {"kind": "scores", "seed": 2, "composers": ["bach", "haydn", "palestrina"],
-                           "works_per_composer": 2, "max_seconds_per_work": 40}),
-        ("ensembles", 22050, {"kind": "ensembles", "seed": 3, "composer": "mozart", "works": 2,
-                              "max_seconds_per_work": 40, "ensembles": 10}),
+        (
+            "notes",
+            16000,
+            {
+                "kind": "notes",
+                "seed": 1,
+                "programs_per_family": 3,
+                "notes_per_program": 10,
+                "velocities": [25, 50, 75, 100, 127],
+                "hold_seconds": 3.0,
+                "release_seconds": 1.0,
+            },
+        ),
+        (
+            "scores",
+            22050,
+            {
+                "kind": "scores",
+                "seed": 2,
+                "composers": ["bach", "haydn", "palestrina"],
+                "works_per_composer": 2,
+                "max_seconds_per_work": 40,
+            },
+        ),
+        (
+            "ensembles",
+            22050,
+            {
+                "kind": "ensembles",
+                "seed": 3,
+                "composer": "mozart",
+                "works": 2,
+                "max_seconds_per_work": 40,
+                "ensembles": 10,
+            },
+        ),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for kind, rate, cfg in cfgs:
             t0 = time.perf_counter()
-            m = R.render_dataset(Path(tmp) / kind, cfg, rate)
+            m = R.render_dataset(
+                manifest=Path(tmp) / kind / "manifest.json", settings={"dataset": {"render": cfg, "sample_rate": rate}}
+            )
             dt = time.perf_counter() - t0
-            print(f"render_dataset {kind}: {m['n_files']} files, {m['audio_seconds']:.0f} s of audio in {dt:.1f} s "
-                  f"= {m['audio_seconds'] / 4 / dt:.1f} four-second clips/s")
+            print(
+                f"render_dataset {kind}: {m['n_files']} files, {m['audio_seconds']:.0f} s of audio in {dt:.1f} s "
+                f"= {m['audio_seconds'] / 4 / dt:.1f} four-second clips/s"
+            )
 
 
 if __name__ == "__main__":

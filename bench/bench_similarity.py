@@ -7,9 +7,9 @@ Synthetic float32 data with a shared latent part (so CKA spans a useful range), 
 files (mel.h5 clip table, handcrafted.h5, deep .h5; 70/30 split: n training clips of n / 0.7).
 
 - ours: the ``similarity_deep`` job on those files with the dataset's ``handcrafted_moments.h5`` (the job's whole
-  cost: reading HDF5, z-scoring, one streamed float64 pass for conv3 x all features, measures, table; run with
-  ``measures: [cka]``, ``bootstrap: 0`` so it computes what the references compute, then again with the default
-  config's seven measures and 50 bootstrap resamples, printed separately). The cache build (once per dataset,
+  cost: reading HDF5, z-scoring, one streamed float64 pass for conv3 x all features, measures, writing the table;
+  run with ``measures: [cka]``, ``bootstrap: 0`` so it computes what the references compute, then again with the
+  default config's seven measures and 50 bootstrap resamples, printed separately). The cache build (once per dataset,
   shared by all 30 jobs of the default workflow) is timed and printed separately, not counted in "ours".
 - reference "Kornblith": what the public CKA notebooks do (Kornblith et al. 2019's Colab, which the method's
   notebooks built on): for every pair, ``cka(gram_linear(X), gram_linear(Y))`` in float32 - both n x n Grams
@@ -28,6 +28,7 @@ pairs where they differ most are recomputed in float64 to show whose rounding it
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py                    # n = 2000 and 6000
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py --n 2000 --ref-pairs 30
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,8 @@ import pandas as pd
 import torch
 
 from deepfeat import similarity as sim
-from deepfeat.io import write_clip_table, write_h5
+from deepfeat.formats.cliptable import write_clip_table
+from deepfeat.formats.files import write_h5
 
 P_DEEP = 480  # Regular conv3 on 128 x 128: 30 x 4 x 4
 LATENT = 16
@@ -52,15 +54,36 @@ LATENT = 16
 
 def hc_dims() -> dict[str, int]:
     """The default hand-crafted set at NSynth size, in handcrafted.h5 order (key -> width)."""
-    d = {k: 128 for k in ("rms", "spectral_centroid", "spectral_bandwidth", "spectral_flatness", "spectral_rolloff",
-                          "mean_power_frequency", "mean_power_time", "median_power_frequency", "median_power_time",
-                          "time_to_70_db", "time_to_75_db", "time_to_80_db")}
+    d = {
+        k: 128
+        for k in (
+            "rms",
+            "spectral_centroid",
+            "spectral_bandwidth",
+            "spectral_flatness",
+            "spectral_rolloff",
+            "mean_power_frequency",
+            "mean_power_time",
+            "median_power_frequency",
+            "median_power_time",
+            "time_to_70_db",
+            "time_to_75_db",
+            "time_to_80_db",
+        )
+    }
     for axis in ("", "_over_frequency"):
         for w in (1, 5, 10, 25):
             for st in ("mean", "median", "std", "var", "kurtosis", "q25", "q75"):
                 d[f"{st}_wavelet_{w}{axis}"] = 128
-    d.update(wavelet_combined=768, dwt_db10_horizontal=73 * 73, dwt_db10_vertical=73 * 73,
-             dwt_bior1_3_horizontal=66 * 66, dwt_bior1_3_vertical=66 * 66, top_4_combined=1152, random=128)
+    d.update(
+        wavelet_combined=768,
+        dwt_db10_horizontal=73 * 73,
+        dwt_db10_vertical=73 * 73,
+        dwt_bior1_3_horizontal=66 * 66,
+        dwt_bior1_3_vertical=66 * 66,
+        top_4_combined=1152,
+        random=128,
+    )
     return d
 
 
@@ -70,8 +93,15 @@ def make_files(root: Path, n: int, seed: int = 0):
     N = int(round(n / 0.7))
     split = np.ones(N, np.uint8)
     split[rng.choice(N, n, replace=False)] = 0
-    meta = pd.DataFrame({"clip_id": [f"c{i}" for i in range(N)], "recording": [f"r{i}" for i in range(N)],
-                         "offset": np.zeros(N), "split": split, "family": rng.integers(0, 8, N).astype(str)})
+    meta = pd.DataFrame(
+        {
+            "clip_id": [f"c{i}" for i in range(N)],
+            "recording": [f"r{i}" for i in range(N)],
+            "offset": np.zeros(N),
+            "split": split,
+            "family": rng.integers(0, 8, N).astype(str),
+        }
+    )
     tasks = [{"name": "family", "type": "classification", "label": "family"}]
     with write_h5(root / "mel.h5", "mel") as f:
         f.create_dataset("mel", data=np.zeros((N, 1, 1), np.float32))
@@ -164,30 +194,50 @@ def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=(
     t = time.perf_counter()
     deep, hc = make_files(root, n)
     dims = hc_dims()
-    print(f"\n== n = {n} training clips ({int(round(n / 0.7))} clips in the files), conv3 {P_DEEP} columns x 2 "
-          f"(trained, untrained) x {len(dims)} hand-crafted features ({sum(dims.values())} columns); files written in "
-          f"{time.perf_counter() - t:.0f} s")
+    print(
+        f"\n== n = {n} training clips ({int(round(n / 0.7))} clips in the files), conv3 {P_DEEP} columns x 2 "
+        f"(trained, untrained) x {len(dims)} hand-crafted features ({sum(dims.values())} columns); files written in "
+        f"{time.perf_counter() - t:.0f} s"
+    )
     files = (root / "deep.h5", root / "handcrafted.h5", root / "mel.h5")
     cka_only = {"measures": ["cka"], "bootstrap": 0, "device": "cpu"}
     cache = root / "handcrafted_moments.h5"
 
     def build():
-        hm = sim.handcrafted_moments(files[1], files[2], cka_only, log)
-        sim.write_handcrafted_moments(hm, cache, files[1])
-        return hm
+        return sim.handcrafted_moments(
+            features=files[1], mel=files[2], moments=cache, settings={"similarity": cka_only}, log=log
+        )
+
+    def run_ours(settings):
+        return sim.similarity_deep(
+            deep=files[0],
+            features=files[1],
+            mel=files[2],
+            table=root / "ours.csv",
+            settings={"similarity": settings},
+            dataset="bench",
+            moments=cache,
+            log=log,
+        )
 
     hm, w_c, c_c = clock(build)
     forms = f"{len(hm.feature)} of {len(hm.keys)} features in feature form, Gram subset m = {hm.m}"
-    print(f"cache build (once per dataset, not in 'ours'): wall {w_c:7.2f} s, cpu {c_c:7.2f} s ({forms}, "
-          f"{cache.stat().st_size / 1e6:.0f} MB)")
-    df, w_o, c_o = clock(lambda: sim.similarity_deep(*files, cka_only, "bench", log, moments_h5=cache))
-    print(f"ours, similarity_deep job, cka only   : wall {w_o:7.2f} s, cpu {c_o:7.2f} s "
-          f"({len(df)} values incl. trained vs untrained; methods {sorted(set(df['method']))})")
+    print(
+        f"cache build (once per dataset, not in 'ours'): wall {w_c:7.2f} s, cpu {c_c:7.2f} s ({forms}, "
+        f"{cache.stat().st_size / 1e6:.0f} MB)"
+    )
+    df, w_o, c_o = clock(lambda: run_ours(cka_only))
+    print(
+        f"ours, similarity_deep job, cka only   : wall {w_o:7.2f} s, cpu {c_o:7.2f} s "
+        f"({len(df)} values incl. trained vs untrained; methods {sorted(set(df['method']))})"
+    )
     if full:
         params = {"measures": list(sim.MEASURES), "bootstrap": 50, "device": "cpu"}
-        dff, w_f, c_f = clock(lambda: sim.similarity_deep(*files, params, "bench", log, moments_h5=cache))
-        print(f"ours, same job, default config (7 measures, 50 bootstrap resamples): wall {w_f:7.2f} s, "
-              f"cpu {c_f:7.2f} s ({len(dff)} values)")
+        dff, w_f, c_f = clock(lambda: run_ours(params))
+        print(
+            f"ours, same job, default config (7 measures, 50 bootstrap resamples): wall {w_f:7.2f} s, "
+            f"cpu {c_f:7.2f} s ({len(dff)} values)"
+        )
     d = df[df["comparison"] == "deep_vs_handcrafted"]
     ours = {(r.trained_a, r.feature_b): float(r.value) for r in d.itertuples()}
     pairs = [(s, k) for s in ("trained", "untrained") for k in dims]
@@ -208,14 +258,22 @@ def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=(
         vals = {**vw, **vn}
         results[name] = vals
         diff = np.array([abs(v - ours[p]) for p, v in vals.items()])
-        how = (f"all {len(wide)} wider pairs + {len(timed_narrow)} of the {len(narrow)} 128-column pairs timed, "
-               f"those scaled x{scale:.1f}" if scale > 1 else f"all {len(pairs)} pairs")
-        print(f"reference {name:9s} (float32, per pair): wall {w:7.2f} s, cpu {c:7.2f} s [{how}]  ->  "
-              f"ours is {w / w_o:6.1f}x faster (wall), {c / c_o:6.1f}x (cpu); "
-              f"largest |difference| {diff.max():.2e}, median {np.median(diff):.1e} over {len(vals)} values")
+        how = (
+            f"all {len(wide)} wider pairs + {len(timed_narrow)} of the {len(narrow)} 128-column pairs timed, "
+            f"those scaled x{scale:.1f}"
+            if scale > 1
+            else f"all {len(pairs)} pairs"
+        )
+        print(
+            f"reference {name:9s} (float32, per pair): wall {w:7.2f} s, cpu {c:7.2f} s [{how}]  ->  "
+            f"ours is {w / w_o:6.1f}x faster (wall), {c / c_o:6.1f}x (cpu); "
+            f"largest |difference| {diff.max():.2e}, median {np.median(diff):.1e} over {len(vals)} values"
+        )
         if name == "Kornblith":
-            print(f"  target of issue #8, >= 20x against the method's reference approach: "
-                  f"{'met' if w / w_o >= 20 else 'NOT met'} ({w / w_o:.1f}x)")
+            print(
+                f"  target of issue #8, >= 20x against the method's reference approach: "
+                f"{'met' if w / w_o >= 20 else 'NOT met'} ({w / w_o:.1f}x)"
+            )
     if not results:
         tmp.cleanup()
         return
@@ -223,8 +281,10 @@ def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=(
     worst = sorted(sample, key=lambda p: -max(abs(results[r][p] - ours[p]) for r in results))[:3]
     for p in worst:
         e = exact64(deep[p[0]], hc[p[1]])
-        print(f"  {p[0]:9s} x {p[1]:24s}: float64 direct {e:.12f} | ours {ours[p] - e:+.1e} | "
-              + " | ".join(f"{r} {results[r][p] - e:+.1e}" for r in results))
+        print(
+            f"  {p[0]:9s} x {p[1]:24s}: float64 direct {e:.12f} | ours {ours[p] - e:+.1e} | "
+            + " | ".join(f"{r} {results[r][p] - e:+.1e}" for r in results)
+        )
     vals = np.array(list(ours.values()))
     print(f"  CKA range of the grid {vals.min():.3f}..{vals.max():.3f}")
     tmp.cleanup()
@@ -232,19 +292,31 @@ def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=(
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, nargs="+", default=[2000, 6000],
-                    help="training clips (several sizes: one run each)")
-    ap.add_argument("--ref-pairs", type=int, default=None,
-                    help="time the references on every wider pair but only a seeded sample of this many of the 138 "
-                         "alike 128-column pairs, scaling their time up (printed as such)")
+    ap.add_argument(
+        "--n", type=int, nargs="+", default=[2000, 6000], help="training clips (several sizes: one run each)"
+    )
+    ap.add_argument(
+        "--ref-pairs",
+        type=int,
+        default=None,
+        help="time the references on every wider pair but only a seeded sample of this many of the 138 "
+        "alike 128-column pairs, scaling their time up (printed as such)",
+    )
     ap.add_argument("--no-full", action="store_true", help="skip timing ours with the default config's measures")
-    ap.add_argument("--refs", nargs="*", default=["Kornblith", "feature32"], choices=["Kornblith", "feature32"],
-                    help="references to time (none: only ours and the cache build)")
+    ap.add_argument(
+        "--refs",
+        nargs="*",
+        default=["Kornblith", "feature32"],
+        choices=["Kornblith", "feature32"],
+        help="references to time (none: only ours and the cache build)",
+    )
     ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    print(f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     for n in a.n:
         one_size(n, a.ref_pairs, not a.no_full, a.tmp, a.refs)
 

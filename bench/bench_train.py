@@ -2,7 +2,8 @@
 
 Both loops train the same network from the same initial weights with SGD (lr 0.005, momentum 0.9) on the same
 synthetic standardised spectrograms, for the same number of epochs, shuffled each epoch:
-- ours: :func:`deepfeat.train.train_epoch` (whole split one tensor, batches ``x.index_select(0, idx)`` of a seeded randperm);
+- ours: :func:`deepfeat.nets.train.train_epoch` (whole split one tensor, batches ``x.index_select(0, idx)`` of a
+  seeded randperm);
 - baseline: ``DataLoader(TensorDataset(x, y), batch_size, shuffle=True)`` (per-sample indexing + default collate).
 After one warm-up epoch each, the loops run in interleaved rounds (the machine is shared, so load hits both
 alike) and the median epoch is reported: clips/s of each and the ratio ours / baseline, for the full training
@@ -10,6 +11,7 @@ step and for the data path alone (producing every batch of an epoch, no model).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train.py --arch Regular --n 512 --epochs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from deepfeat.models import build_model
-from deepfeat.train import batch_indices, deterministic, train_epoch
+from deepfeat.nets.models import build_model
+from deepfeat.nets.train import batch_indices, deterministic, train_epoch
 
 
 def dataloader_epoch(model, opt, loader):
@@ -68,11 +70,15 @@ def main():
         return time.perf_counter() - t0
 
     gen = torch.Generator().manual_seed(1)
-    loader = DataLoader(TensorDataset(x, y), batch_size=a.batch, shuffle=True, generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=a.batch, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
     m_ours, o_ours = fresh()
     m_base, o_base = fresh()
     loops = {
-        "train: ours (device-resident, randperm index)": lambda: train_epoch(m_ours, o_ours, x, y, "classification", a.batch, gen),
+        "train: ours (device-resident, randperm index)": lambda: train_epoch(
+            m_ours, o_ours, x, y, "classification", a.batch, gen
+        ),
         "train: baseline (DataLoader, TensorDataset)": lambda: dataloader_epoch(m_base, o_base, loader),
         # batches produced and dropped one by one, as a training loop consumes them
         "data only: ours (index_select batches)": lambda: [
@@ -82,20 +88,23 @@ def main():
     }
     times = {k: [] for k in loops}
     with deterministic(dev):
-        for k, fn in loops.items():  # warm-up
+        for fn in loops.values():  # warm-up
             fn()
         for _ in range(a.epochs):  # interleaved rounds: load from other processes hits both loops alike
             for k, fn in loops.items():
                 times[k].append(timed(fn))
     rate = {k: a.n / statistics.median(v) for k, v in times.items()}
 
-    print(f"{a.arch}, {a.n} clips of 1x{a.n_mels}x{a.frames}, batch {a.batch}, median of {a.epochs} interleaved "
-          f"epochs, device {dev}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{a.arch}, {a.n} clips of 1x{a.n_mels}x{a.frames}, batch {a.batch}, median of {a.epochs} interleaved "
+        f"epochs, device {dev}, torch threads {torch.get_num_threads()}"
+    )
     for k, v in rate.items():
         print(f"  {k:48s} {v:10.1f} clips/s")
     keys = list(rate)
     print(f"  ratio ours / baseline, training loop: {rate[keys[0]] / rate[keys[1]]:.2f}x")
     print(f"  ratio ours / baseline, data path only: {rate[keys[2]] / rate[keys[3]]:.2f}x")
+
 
 if __name__ == "__main__":
     main()

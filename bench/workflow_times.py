@@ -7,6 +7,7 @@ jobs pack perfectly (the real wall time is printed by Snakemake at the end of it
     .venv/bin/python bench/workflow_times.py                  # ./benchmarks of the last run
     .venv/bin/python bench/workflow_times.py path/to/benchmarks --cores 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ def collect(root: Path) -> pd.DataFrame:
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby("rule")
-    out = pd.DataFrame({"jobs": g.size(), "total_s": g["seconds"].sum(), "mean_s": g["seconds"].mean(),
-                        "max_s": g["seconds"].max(), "peak_rss_mb": g["max_rss_mb"].max()})
+    out = pd.DataFrame(
+        {
+            "jobs": g.size(),
+            "total_s": g["seconds"].sum(),
+            "mean_s": g["seconds"].mean(),
+            "max_s": g["seconds"].max(),
+            "peak_rss_mb": g["max_rss_mb"].max(),
+        }
+    )
     return out.sort_values("total_s", ascending=False).round(1)
 
 
@@ -49,8 +57,10 @@ def main(argv=None) -> int:
     s = summarise(df)
     print(s.to_string())
     total = s["total_s"].sum()
-    print(f"\n{int(s['jobs'].sum())} jobs, {total:.0f} job-seconds = {total / 60:.1f} min; on {a.cores} cores at best "
-          f"{total / a.cores / 60:.1f} min of wall time")
+    print(
+        f"\n{int(s['jobs'].sum())} jobs, {total:.0f} job-seconds = {total / 60:.1f} min; on {a.cores} cores at best "
+        f"{total / a.cores / 60:.1f} min of wall time"
+    )
     return 0
 
 

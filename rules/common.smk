@@ -1,8 +1,10 @@
-# Shared definitions: the results root, the grid of datasets x tasks x architectures x seeds, and the
-# code fingerprints that make edits of src/deepfeat rerun exactly the rules that run the edited code.
+# Shared definitions: the results root, the grid of datasets x tasks x architectures x seeds, and what every rule
+# passes to its job: params.settings (the config settings the job reads: a change reruns it), params.code (a
+# fingerprint of the package code the job runs: an edit reruns it) and the resource `tuning` (speed, memory and
+# device settings: a change reruns nothing). The declarations live beside the code (deepfeat.config.job).
 from snakemake.exceptions import WorkflowError
 
-from deepfeat.workflow import check_dataset, code_hash, task_names, train_tasks
+from deepfeat.workflow import check_dataset, code_hash, rule_settings, rule_tuning, train_tasks
 
 R = config["results"]
 DATASETS = list(config["datasets"])
@@ -24,6 +26,16 @@ wildcard_constraints:
     arch="Regular|Deformable|Dilated|1dF|1dT|FeedForward",
     conv_arch="Regular|Deformable|Dilated|1dF|1dT",
     seed=r"\d+",
+
+
+def settings(rule):
+    """params.settings of ``rule``: exactly the config settings its job reads that change its results."""
+    return lambda w: rule_settings(config, rule, w.dataset)
+
+
+def tuning(rule):
+    """The ``tuning`` resource of ``rule``: the job's speed/memory/device settings (JSON; no rerun trigger)."""
+    return lambda w: rule_tuning(config, rule, w.dataset)
 
 
 def ds_cfg(w):

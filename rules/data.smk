@@ -7,16 +7,15 @@ rule render_demo:
         soundfont=lambda w: ds_cfg(w)["render"].get("soundfont") or [],
     output:
         manifest=f"{R}/{{dataset}}/raw/manifest.json",
-    params:
-        render=lambda w: ds_cfg(w)["render"],
-        sample_rate=lambda w: ds_cfg(w)["sample_rate"],
-        code=code_hash("render"),
     log:
         "logs/{dataset}/render_demo.log",
     benchmark:
         "benchmarks/{dataset}/render_demo.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    params:
+        settings=settings("render_demo"),
+        code=code_hash("render_demo"),
     script:
         "../scripts/render_demo.py"
 
@@ -26,18 +25,16 @@ rule ingest:
         source=ingest_source,
     output:
         clips=f"{R}/{{dataset}}/clips.h5",
-    params:
-        root=ingest_root,
-        dataset=lambda w: ds_cfg(w),
-        name=lambda w: w.dataset,
-        on_error=config["ingest"]["on_error"],
-        code=code_hash("ingest", "audio"),
     log:
         "logs/{dataset}/ingest.log",
     benchmark:
         "benchmarks/{dataset}/ingest.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    params:
+        root=ingest_root,
+        settings=settings("ingest"),
+        code=code_hash("ingest"),
     script:
         "../scripts/ingest.py"
 
@@ -47,14 +44,16 @@ rule melspec:
         clips=f"{R}/{{dataset}}/clips.h5",
     output:
         mel=f"{R}/{{dataset}}/mel.h5",
-    params:
-        mel=config["mel"],
-        code=code_hash("mel"),
     log:
         "logs/{dataset}/melspec.log",
     benchmark:
         "benchmarks/{dataset}/melspec.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        tuning=tuning("melspec"),
+    params:
+        settings=settings("melspec"),
+        code=code_hash("melspec"),
     script:
         "../scripts/melspec.py"

@@ -7,15 +7,16 @@ rule handcrafted:
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         features=f"{R}/{{dataset}}/handcrafted.h5",
-    params:
-        handcrafted=config["handcrafted"],
-        mel=config["mel"],
-        code=code_hash("handcrafted", "mel"),
     log:
         "logs/{dataset}/handcrafted.log",
     benchmark:
         "benchmarks/{dataset}/handcrafted.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        tuning=tuning("handcrafted"),
+    params:
+        settings=settings("handcrafted"),
+        code=code_hash("handcrafted"),
     script:
         "../scripts/handcrafted.py"

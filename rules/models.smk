@@ -7,25 +7,21 @@ rule train:
     output:
         model=f"{R}/{{dataset}}/models/{{task}}/{{arch}}/seed{{seed}}.pt",
         history=f"{R}/{{dataset}}/models/{{task}}/{{arch}}/seed{{seed}}.history.csv",
-    params:
-        # only the keys that change the result: editing the seed list or the architectures must not retrain
-        models={
-            k: v
-            for k, v in config["models"].items()
-            if k in ("epochs", "batch_size", "lr", "momentum", "checkpoint_every", "device")
-        },
-        checkpoint=lambda w: f"{R}/{w.dataset}/models/{w.task}/{w.arch}/seed{w.seed}.ckpt",
-        code=code_hash("models", "deform", "train"),
-    resources:
-        gpu=1,
-        runtime=lambda w: 60 + config["models"]["epochs"],
-        mem_mb=8000,
     log:
         "logs/{dataset}/train/{task}/{arch}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/train/{task}/{arch}/seed{seed}.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=lambda w: 60 + config["models"]["epochs"],
+        mem_mb=8000,
+        tuning=tuning("train"),
+    params:
+        checkpoint=lambda w: f"{R}/{w.dataset}/models/{w.task}/{w.arch}/seed{w.seed}.ckpt",
+        settings=settings("train"),
+        code=code_hash("train"),
     script:
         "../scripts/train.py"
 
@@ -36,18 +32,19 @@ rule extract:
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         deep=f"{R}/{{dataset}}/deep/{{task}}/{{conv_arch}}/seed{{seed}}.h5",
-    params:
-        deep=config["deep"],
-        code=code_hash("models", "deform", "extract"),
-    resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
     log:
         "logs/{dataset}/extract/{task}/{conv_arch}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/extract/{task}/{conv_arch}/seed{seed}.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+        tuning=tuning("extract"),
+    params:
+        settings=settings("extract"),
+        code=code_hash("extract"),
     script:
         "../scripts/extract.py"

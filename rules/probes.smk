@@ -8,20 +8,20 @@ rule probe_handcrafted:
     output:
         scores=f"{R}/{{dataset}}/probes/handcrafted.csv",
         confusion=f"{R}/{{dataset}}/probes/handcrafted.confusion.csv",
-    params:
-        probe=config["probe"],
-        dataset=lambda w: w.dataset,
-        code=code_hash("probe"),
-    resources:
-        gpu=1,
-        runtime=120,
-        mem_mb=8000,
     log:
         "logs/{dataset}/probe_handcrafted.log",
     benchmark:
         "benchmarks/{dataset}/probe_handcrafted.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=120,
+        mem_mb=8000,
+        tuning=tuning("probe_handcrafted"),
+    params:
+        settings=settings("probe_handcrafted"),
+        code=code_hash("probe_handcrafted"),
     script:
         "../scripts/probe_handcrafted.py"
 
@@ -34,19 +34,19 @@ rule probe_deep:
     output:
         scores=f"{R}/{{dataset}}/probes/deep/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
         confusion=f"{R}/{{dataset}}/probes/deep/{{task}}/{{conv_arch}}/seed{{seed}}.confusion.csv",
-    params:
-        probe=config["probe"],
-        dataset=lambda w: w.dataset,
-        code=code_hash("probe"),
-    resources:
-        gpu=1,
-        runtime=120,
-        mem_mb=8000,
     log:
         "logs/{dataset}/probe_deep/{task}/{conv_arch}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/probe_deep/{task}/{conv_arch}/seed{seed}.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=120,
+        mem_mb=8000,
+        tuning=tuning("probe_deep"),
+    params:
+        settings=settings("probe_deep"),
+        code=code_hash("probe_deep"),
     script:
         "../scripts/probe_deep.py"

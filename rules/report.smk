@@ -1,6 +1,6 @@
 # Results: tidy tables (CSV + Markdown), seaborn figures and the findings page, collected by `snakemake --report`.
 # Every output goes through report(): `snakemake --report results/report.html` shows, per dataset, the tables,
-# the figures and the findings page (add `report: "report/workflow.rst"` to the Snakefile for the front page).
+# the figures and the findings page (the front page is report/workflow.rst, named in the Snakefile).
 
 
 rule tables:
@@ -23,13 +23,13 @@ rule tables:
             subcategory="Tables",
             labels={"dataset": "{dataset}", "table": "{name}"},
         ),
-    params:
-        dataset=lambda w: w.dataset,
-        code=code_hash("tables"),
     log:
         "logs/{dataset}/tables.log",
     conda:
         "../envs/deepfeat.yaml"
+    params:
+        settings=settings("tables"),
+        code=code_hash("tables"),
     script:
         "../scripts/tables.py"
 
@@ -48,16 +48,15 @@ rule figures:
             subcategory="Figures",
             labels={"dataset": "{dataset}", "figure": "{name}"},
         ),
-    params:
-        report=config["report"],
-        dataset=lambda w: w.dataset,
-        code=code_hash("plots", "tables"),
     log:
         "logs/{dataset}/figures.log",
     benchmark:
         "benchmarks/{dataset}/figures.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    params:
+        settings=settings("figures"),
+        code=code_hash("figures"),
     script:
         "../scripts/figures.py"
 
@@ -74,13 +73,12 @@ rule findings:
             subcategory="Findings",
             labels={"dataset": "{dataset}", "page": "findings"},
         ),
-    params:
-        report=config["report"],
-        dataset=lambda w: w.dataset,
-        code=code_hash("findings", "tables"),
     log:
         "logs/{dataset}/findings.log",
     conda:
         "../envs/deepfeat.yaml"
+    params:
+        settings=settings("findings"),
+        code=code_hash("findings"),
     script:
         "../scripts/findings.py"

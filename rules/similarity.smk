@@ -2,26 +2,27 @@
 
 
 # Once per dataset: the hand-crafted features' self terms (z-scoring, covariance spectra, Gram-subset factors),
-# shared by every similarity_deep job. Only the similarity settings that change these values are passed.
+# shared by every similarity_deep job.
 rule handcrafted_moments:
     input:
         features=f"{R}/{{dataset}}/handcrafted.h5",
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         moments=f"{R}/{{dataset}}/similarity/handcrafted_moments.h5",
-    params:
-        similarity={k: config["similarity"][k] for k in ("max_features", "gram_max_clips", "seed")},
-        code=code_hash("similarity"),
-    resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=16000,
     log:
         "logs/{dataset}/handcrafted_moments.log",
     benchmark:
         "benchmarks/{dataset}/handcrafted_moments.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=16000,
+        tuning=tuning("handcrafted_moments"),
+    params:
+        settings=settings("handcrafted_moments"),
+        code=code_hash("handcrafted_moments"),
     script:
         "../scripts/handcrafted_moments.py"
 
@@ -34,20 +35,20 @@ rule similarity_deep:
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/deep/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
-    params:
-        similarity=config["similarity"],
-        dataset=lambda w: w.dataset,
-        code=code_hash("similarity"),
-    resources:
-        gpu=1,
-        runtime=120,
-        mem_mb=16000,
     log:
         "logs/{dataset}/similarity_deep/{task}/{conv_arch}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/similarity_deep/{task}/{conv_arch}/seed{seed}.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=120,
+        mem_mb=16000,
+        tuning=tuning("similarity_deep"),
+    params:
+        settings=settings("similarity_deep"),
+        code=code_hash("similarity_deep"),
     script:
         "../scripts/similarity_deep.py"
 
@@ -58,21 +59,20 @@ rule similarity_channels:
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/channels/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
-    params:
-        similarity=config["similarity"],
-        deep={"point": config["deep"]["point"]},  # the only deep setting channel similarity depends on
-        dataset=lambda w: w.dataset,
-        code=code_hash("similarity", "models", "deform", "extract"),
-    resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
     log:
         "logs/{dataset}/similarity_channels/{task}/{conv_arch}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/similarity_channels/{task}/{conv_arch}/seed{seed}.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+        tuning=tuning("similarity_channels"),
+    params:
+        settings=settings("similarity_channels"),
+        code=code_hash("similarity_channels"),
     script:
         "../scripts/similarity_channels.py"
 
@@ -83,19 +83,19 @@ rule similarity_cross:
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/cross/{{task}}.csv",
-    params:
-        similarity=config["similarity"],
-        dataset=lambda w: w.dataset,
-        code=code_hash("similarity"),
-    resources:
-        gpu=1,
-        runtime=240,
-        mem_mb=16000,
     log:
         "logs/{dataset}/similarity_cross/{task}.log",
     benchmark:
         "benchmarks/{dataset}/similarity_cross/{task}.tsv"
     conda:
         "../envs/deepfeat.yaml"
+    resources:
+        gpu=1,
+        runtime=240,
+        mem_mb=16000,
+        tuning=tuning("similarity_cross"),
+    params:
+        settings=settings("similarity_cross"),
+        code=code_hash("similarity_cross"),
     script:
         "../scripts/similarity_cross.py"

@@ -1,11 +1,6 @@
-"""Snakemake rule `extract`: frozen activations of the trained and untrained weights of one model file."""
-from deepfeat.extract import extract_features
-from deepfeat.io import rule_log
+"""Rule `extract`: frozen activations of the trained and untrained weights of one model."""
 
+from deepfeat.nets import extract_features
+from deepfeat.workflow import run_job
 
-def main(smk):
-    with rule_log(smk) as log:
-        extract_features(smk.input.model, smk.input.mel, smk.output.deep, dict(smk.params.deep), log=log)
-
-
-main(snakemake)  # noqa: F821
+run_job(snakemake, extract_features)  # noqa: F821

@@ -1,21 +1,6 @@
-"""Snakemake script of rule `ingest`: audio source folder -> results/{dataset}/clips.h5 (see docs/formats.md)."""
-from pathlib import Path
+"""Rule `ingest`: the dataset's audio folder -> results/{dataset}/clips.h5 (4 s clips, labels, split)."""
 
-from deepfeat.ingest import ingest_dataset
-from deepfeat.io import rule_log
+from deepfeat.data.ingest import ingest_dataset
+from deepfeat.workflow import run_job
 
-
-def main(smk):
-    with rule_log(smk) as log:
-        summary = ingest_dataset(
-            Path(smk.params.root),
-            dict(smk.params.dataset),
-            smk.params.name,
-            Path(smk.output.clips),
-            on_error=smk.params.on_error,
-            log=log,
-        )
-        log.info(f"done: {summary['n_clips']} clips, {len(summary['skipped'])} files skipped")
-
-
-main(snakemake)  # noqa: F821
+run_job(snakemake, ingest_dataset)  # noqa: F821

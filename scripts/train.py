@@ -1,21 +1,6 @@
-"""Snakemake rule `train`: one network (task x arch x seed) on one mel.h5 -> model file + history CSV."""
-from deepfeat.io import rule_log
-from deepfeat.train import train_model
+"""Rule `train`: one network (task x arch x seed) -> model file (initial + final weights) and history."""
 
+from deepfeat.nets import train_model
+from deepfeat.workflow import run_job
 
-def main(smk):
-    with rule_log(smk) as log:
-        train_model(
-            mel_h5=smk.input.mel,
-            task=smk.wildcards.task,
-            arch=smk.wildcards.arch,
-            seed=int(smk.wildcards.seed),
-            params=dict(smk.params.models),
-            out_model=smk.output.model,
-            out_history=smk.output.history,
-            checkpoint=smk.params.checkpoint,
-            log=log,
-        )
-
-
-main(snakemake)  # noqa: F821
+run_job(snakemake, train_model)  # noqa: F821

@@ -1,11 +1,13 @@
 """Shared fixtures: small synthetic stage files built through the package's own writers."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from deepfeat.io import write_clip_table, write_h5
+from deepfeat.formats.cliptable import write_clip_table
+from deepfeat.formats.files import write_h5
 
 TASKS = [
     {"name": "family", "type": "classification", "label": "family"},

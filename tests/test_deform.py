@@ -1,5 +1,6 @@
 """Deformable convolution: ordinary conv at zero offsets, shifted conv at integer offsets, exact bilinear
 sampling with zeros outside the map (against a loop written from the definition), gradients."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepfeat.deform import DeformConv2d, conv_out_size, deform_conv2d
+from deepfeat.nets.deform import DeformConv2d, conv_out_size, deform_conv2d
 
 CASES = [  # kernel, stride, padding, dilation
     ((3, 3), 1, 0, 1),
@@ -27,7 +28,7 @@ def reference(x, off, w, b, stride, padding, dilation):
     """Deformable convolution written out from its definition with Python loops (float64, tiny inputs only)."""
     (sh, sw), (ph, pw), (dh, dw) = (torch.nn.modules.utils._pair(v) for v in (stride, padding, dilation))
     B, C, H, W = x.shape
-    O, _, kh, kw = w.shape
+    n_out, _, kh, kw = w.shape
     Ho, Wo = off.shape[2:]
 
     def pixel(b_, c, i, j):
@@ -37,11 +38,13 @@ def reference(x, off, w, b, stride, padding, dilation):
         y0, x0 = math.floor(y), math.floor(xx)
         ly, lx = y - y0, xx - x0
         return (
-            (1 - ly) * (1 - lx) * pixel(b_, c, y0, x0) + (1 - ly) * lx * pixel(b_, c, y0, x0 + 1)
-            + ly * (1 - lx) * pixel(b_, c, y0 + 1, x0) + ly * lx * pixel(b_, c, y0 + 1, x0 + 1)
+            (1 - ly) * (1 - lx) * pixel(b_, c, y0, x0)
+            + (1 - ly) * lx * pixel(b_, c, y0, x0 + 1)
+            + ly * (1 - lx) * pixel(b_, c, y0 + 1, x0)
+            + ly * lx * pixel(b_, c, y0 + 1, x0 + 1)
         )
 
-    out = torch.zeros(B, O, Ho, Wo, dtype=torch.float64)
+    out = torch.zeros(B, n_out, Ho, Wo, dtype=torch.float64)
     for b_ in range(B):
         for p in range(Ho):
             for q in range(Wo):
@@ -53,7 +56,7 @@ def reference(x, off, w, b, stride, padding, dilation):
                         vals = torch.tensor([bilinear(b_, c, y, xx) for c in range(C)], dtype=torch.float64)
                         out[b_, :, p, q] += w[:, :, i, j].double() @ vals
     if b is not None:
-        out += b.double().view(1, O, 1, 1)
+        out += b.double().view(1, n_out, 1, 1)
     return out
 
 
@@ -101,7 +104,9 @@ def test_fractional_offsets_match_definition(k, s, p, d):
     shape = _out(x, w, s, p, d)
     off = 3.0 * torch.randn(2, 2 * k[0] * k[1], *shape, generator=g, dtype=torch.float64)
     off[0, 0] = -20.0  # first tap of the first clip far outside: contributes exactly zero
-    torch.testing.assert_close(deform_conv2d(x, off, w, b, s, p, d), reference(x, off, w, b, s, p, d), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        deform_conv2d(x, off, w, b, s, p, d), reference(x, off, w, b, s, p, d), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_samples_outside_the_map_are_zero():
@@ -129,7 +134,9 @@ def test_gradcheck_float64():
     base = torch.randint(-2, 3, (2, 18, *shape), generator=g).double()
     frac = 0.2 + 0.6 * torch.rand(2, 18, *shape, generator=g, dtype=torch.float64)
     off = (base + frac).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda *a: deform_conv2d(*a, stride=2, padding=1), (x, off, w, b), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(
+        lambda *a: deform_conv2d(*a, stride=2, padding=1), (x, off, w, b), eps=1e-6, atol=1e-7
+    )
 
 
 def test_module_starts_as_a_regular_conv_and_learns_offsets():

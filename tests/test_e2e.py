@@ -1,5 +1,6 @@
 """End to end: the tiny config through every stage, then incremental reruns and faults (issue: cluster,
 incremental reruns and fault tolerance). One complete run is shared by the module (a few minutes)."""
+
 from __future__ import annotations
 
 import os
@@ -7,13 +8,11 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import h5py
 import pandas as pd
 import pytest
 import yaml
-
 from e2e import SNAKEMAKE, copy_checkout, env, job_counts, snakemake
 
 pytestmark = pytest.mark.slow
@@ -42,7 +41,7 @@ def cfg(work):
 
 
 def test_every_stage_produced_valid_outputs(done):
-    from deepfeat.io import open_h5, read_clip_table
+    from deepfeat.formats import open_h5, read_clip_table
 
     c = cfg(done)
     for ds in c["datasets"]:
@@ -95,18 +94,57 @@ def test_adding_a_seed_runs_only_the_new_branch_and_the_aggregates(done):
     assert jobs.get("tables") == n_ds
 
 
-def test_a_package_code_change_reruns_the_rules_that_run_it(done, tmp_path):
-    src = done / "src" / "deepfeat" / "handcrafted.py"
+@pytest.mark.parametrize(
+    "module, reruns, untouched",
+    [
+        ("features/families.py", {"handcrafted"}, {"train", "melspec", "extract"}),
+        ("similarity/channels.py", {"similarity_channels"}, {"similarity_deep", "similarity_cross", "probe_deep"}),
+        ("formats/mel.py", {"melspec", "train"}, {"render_demo"}),
+    ],
+)
+def test_a_package_code_change_reruns_the_rules_that_run_it(done, module, reruns, untouched):
+    src = done / "src" / "deepfeat" / module
     original = src.read_text()
     try:
         src.write_text(original + "\n# an edit\n")
         r = snakemake(done, *CI, "-n")
         jobs = job_counts(r.stdout + r.stderr)
-        assert "handcrafted" in jobs and "train" not in jobs and "melspec" not in jobs, jobs
+        assert reruns <= set(jobs) and not untouched & set(jobs), jobs
     finally:
         src.write_text(original)
     r = snakemake(done, *CI, "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "change, reruns, untouched",
+    [
+        # a setting that changes results reruns exactly the jobs that read it (and the aggregates after them)
+        ({"similarity": {"channel_max_clips": 64}}, {"similarity_channels"}, {"similarity_deep", "similarity_cross"}),
+        ({"probe": {"concat_features": ["Mean Wavelet (25)"]}}, {"probe_deep"}, {"probe_handcrafted", "extract"}),
+        ({"report": {"measure": "cka_debiased"}}, {"findings"}, {"tables", "figures"}),
+        # settings of speed, memory and device rerun nothing
+        (
+            {
+                "similarity": {"memory_mb": 1000, "chunk_size": 100},
+                "deep": {"batch_size": 32},
+                "probe": {"device": "cpu"},
+                "models": {"checkpoint_every": 2},
+                "handcrafted": {"chunk_size": 16},
+            },
+            set(),
+            None,
+        ),
+    ],
+)
+def test_a_setting_reruns_exactly_the_jobs_that_read_it(done, change, reruns, untouched):
+    r = snakemake(done, *override(done, "change", change), "-n")
+    out = r.stdout + r.stderr
+    if not reruns:
+        assert "Nothing to be done" in out, out[-3000:]
+        return
+    jobs = job_counts(out)
+    assert reruns <= set(jobs) and not untouched & set(jobs), jobs
 
 
 def scratch_copy(done, tmp_path):
@@ -131,7 +169,11 @@ def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, t
     args = override(done, "epochs", {"models": {"epochs": 12}})
     p = subprocess.Popen(
         [SNAKEMAKE, *args, target, "--forcerun", target],
-        cwd=done, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=done,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and p.poll() is None:
@@ -149,15 +191,23 @@ def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, t
     log = (done / "logs" / "notes" / "train" / main / "Regular" / "seed1.log").read_text()
     assert "resum" in log.lower(), log[-2000:]
     # an uninterrupted 12-epoch run, straight through the package, gives the same weights
-    from deepfeat.train import train_model
+    from deepfeat.nets import train_model
 
     params = dict(c["models"], epochs=12)
     fresh = done / "fresh.pt"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workflow's jobs (OMP_NUM_THREADS = threads = 1): same reductions
     try:
-        train_model(done / "results/notes/mel.h5", main, "Regular", 1, {**_model_defaults(done), **params},
-                    fresh, done / "fresh.csv", done / "fresh.ckpt")
+        train_model(
+            mel=done / "results/notes/mel.h5",
+            model=fresh,
+            history=done / "fresh.csv",
+            task=main,
+            arch="Regular",
+            seed=1,
+            checkpoint=done / "fresh.ckpt",
+            settings={"models": {k: v for k, v in params.items() if k in ("epochs", "batch_size", "lr", "momentum")}},
+        )
     finally:
         torch.set_num_threads(threads)
     straight = torch.load(fresh, map_location="cpu", weights_only=False)
@@ -166,16 +216,8 @@ def test_sigkill_during_training_then_rerun_gives_complete_valid_outputs(done, t
     assert reference["meta"]["epochs"] == c["models"]["epochs"]
 
 
-def _model_defaults(work):
-    from snakemake.utils import validate
-
-    full = yaml.safe_load((work / "configs" / "ci.yaml").read_text())
-    validate(full, str(work / "schemas" / "config.schema.yaml"))
-    return full["models"]
-
-
 def test_a_corrupt_output_is_detected_not_read(done, tmp_path):
-    from deepfeat.io import CorruptOutputError, open_h5
+    from deepfeat.formats import CorruptOutputError, open_h5
 
     done = scratch_copy(done, tmp_path)
     src = done / "results" / "notes" / "handcrafted.h5"

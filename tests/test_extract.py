@@ -1,4 +1,5 @@
 """Deep-feature extraction: file layout, stored rows == a direct forward pass, points, errors, bounded memory."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import write_fake_mel
-from deepfeat.extract import extract_features, layer_activations, read_deep, standardise
-from deepfeat.io import get_logger, open_h5
-from deepfeat.models import build_model, cpu_state, load_model, save_model
-from deepfeat.train import train_model
+
+from deepfeat.config import ConfigError
+from deepfeat.formats.deep import deep_info, read_deep
+from deepfeat.formats.files import open_h5
+from deepfeat.formats.models import save_model
+from deepfeat.nets import extract_features, layer_activations, standardise_input, train_model
+from deepfeat.nets.models import build_model, cpu_state, load_model
+from deepfeat.runtime import get_logger
 
 ALL = ["conv1", "pool1", "conv2", "pool2", "conv3", "fc1"]
 
@@ -30,9 +34,21 @@ def trained(tmp_path_factory):
     models = {}
     for arch in ("Regular", "Deformable", "FeedForward"):
         models[arch] = d / f"{arch}.pt"
-        train_model(mel, "family", arch, 3, {"epochs": 2, "batch_size": 8, "device": "cpu"}, models[arch],
-                    d / f"{arch}.history.csv", None, log=get_logger(d / f"{arch}.log"))
+        train_model(
+            mel=mel,
+            model=models[arch],
+            history=d / f"{arch}.history.csv",
+            settings={"models": {"epochs": 2, "batch_size": 8, "device": "cpu"}},
+            task="family",
+            arch=arch,
+            seed=3,
+            log=get_logger(d / f"{arch}.log"),
+        )
     return d, mel, models
+
+
+def _extract(model, mel, deep, params, log=None):
+    return extract_features(model=model, mel=mel, deep=deep, settings={"deep": params}, log=log)
 
 
 def _direct_rows(model_pt, mel, which, layer, point, average):
@@ -48,8 +64,9 @@ def _direct_rows(model_pt, mel, which, layer, point, average):
 def test_layout_and_rows_equal_a_direct_forward_pass(trained, arch, tmp_path):
     d, mel, models = trained
     out = tmp_path / "deep.h5"
-    shapes = extract_features(models[arch], mel, out, {"layers": ALL, "batch_size": 8, "device": "cpu"},
-                              log=get_logger(tmp_path / "x.log"))
+    shapes = _extract(
+        models[arch], mel, out, {"layers": ALL, "batch_size": 8, "device": "cpu"}, log=get_logger(tmp_path / "x.log")
+    )
     assert "37/37 clips" in (tmp_path / "x.log").read_text()
     with open_h5(out, "deep") as f:
         assert f.attrs["arch"] == arch and f.attrs["seed"] == 3 and f.attrs["task"] == "family"
@@ -64,8 +81,9 @@ def test_layout_and_rows_equal_a_direct_forward_pass(trained, arch, tmp_path):
                 assert json.loads(ds.attrs["shape"]) == shapes[layer]
                 assert bool(ds.attrs["averaged_channels"]) == avg and ds.attrs["point"] == "raw"
                 assert ds.shape == (37, int(np.prod(shapes[layer])))
-                np.testing.assert_allclose(ds[:], _direct_rows(models[arch], mel, which, layer, "raw", avg),
-                                           rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(
+                    ds[:], _direct_rows(models[arch], mel, which, layer, "raw", avg), rtol=1e-5, atol=1e-5
+                )
         assert not np.allclose(f["trained/conv3"][:], f["untrained/conv3"][:])
     c3 = {"Regular": [30, 1, 1], "Deformable": [30, 3, 3]}[arch]
     assert shapes["conv1"] == [60, 60] and shapes["pool2"] == [20, 5, 5] and shapes["conv3"] == c3
@@ -76,11 +94,11 @@ def test_raw_point_is_the_conv_output_and_activated_is_after_bn_relu(trained, tm
     d, mel, models = trained
     raw, act = tmp_path / "raw.h5", tmp_path / "act.h5"
     params = {"layers": ["conv1", "conv2"], "average_channels": [], "batch_size": 16, "device": "cpu"}
-    extract_features(models["Regular"], mel, raw, params)
-    extract_features(models["Regular"], mel, act, {**params, "point": "activated"})
+    _extract(models["Regular"], mel, raw, params)
+    _extract(models["Regular"], mel, act, {**params, "point": "activated"})
     model, meta = load_model(models["Regular"], "trained")
     with h5py.File(mel, "r") as f:
-        x = standardise(f["mel"][:], meta)
+        x = standardise_input(f["mel"][:], meta)
     with torch.no_grad():  # independent of ConvNet.activations: the layers called by hand
         c1 = F.conv2d(x, model.conv1.weight, model.conv1.bias)
         a1 = F.relu(model.bn1(c1))
@@ -101,42 +119,72 @@ def test_layer_activations_full_maps(trained):
     d, mel, models = trained
     model, meta = load_model(models["Deformable"], "untrained")
     with h5py.File(mel, "r") as f:
-        x = standardise(f["mel"][:5], meta)
+        x = standardise_input(f["mel"][:5], meta)
     acts = layer_activations(model, x, ALL)
     assert {k: tuple(v.shape) for k, v in acts.items()} == {
-        "conv1": (5, 10, 60, 60), "pool1": (5, 10, 30, 30), "conv2": (5, 20, 11, 11), "pool2": (5, 20, 5, 5),
-        "conv3": (5, 30, 3, 3), "fc1": (5, 120, 1, 1)}
+        "conv1": (5, 10, 60, 60),
+        "pool1": (5, 10, 30, 30),
+        "conv2": (5, 20, 11, 11),
+        "pool2": (5, 20, 5, 5),
+        "conv3": (5, 30, 3, 3),
+        "fc1": (5, 120, 1, 1),
+    }
     assert not any(v.requires_grad for v in acts.values())
 
 
 def test_errors(trained, tmp_path):
     d, mel, models = trained
     with pytest.raises(ValueError, match="FeedForward has no conv"):
-        extract_features(models["FeedForward"], mel, tmp_path / "ff.h5", {"device": "cpu"})
+        _extract(models["FeedForward"], mel, tmp_path / "ff.h5", {"device": "cpu"})
     with pytest.raises(ValueError, match="deep.layers"):
-        extract_features(models["Regular"], mel, tmp_path / "x.h5", {"layers": ["conv9"], "device": "cpu"})
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"layers": ["conv9"], "device": "cpu"})
     with pytest.raises(ValueError, match="average_channels"):
-        extract_features(models["Regular"], mel, tmp_path / "x.h5", {"average_channels": ["fc1"], "device": "cpu"})
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"average_channels": ["fc1"], "device": "cpu"})
     other = tmp_path / "other.h5"
     write_fake_mel(other, n=20, n_mels=64, n_frames=64, seed=5)
     with pytest.raises(ValueError, match="train_mean.*differs"):
-        extract_features(models["Regular"], other, tmp_path / "x.h5", {"device": "cpu"})
+        _extract(models["Regular"], other, tmp_path / "x.h5", {"device": "cpu"})
     wide = tmp_path / "wide.h5"
     write_fake_mel(wide, n=20, n_mels=64, n_frames=70)
     with pytest.raises(ValueError, match="64x70 but"):
-        extract_features(models["Regular"], wide, tmp_path / "x.h5", {"device": "cpu"})
+        _extract(models["Regular"], wide, tmp_path / "x.h5", {"device": "cpu"})
     assert not (tmp_path / "x.h5").exists()
     with pytest.raises(KeyError, match="available"):
-        extract_features(models["Regular"], mel, tmp_path / "ok.h5", {"layers": ["conv3"], "device": "cpu"})
+        _extract(models["Regular"], mel, tmp_path / "ok.h5", {"layers": ["conv3"], "device": "cpu"})
         read_deep(tmp_path / "ok.h5", "conv1")
+    with pytest.raises(ConfigError, match="deep.layer: unknown key"):  # silently ignored before
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"layer": ["conv3"], "device": "cpu"})
+    with pytest.raises(ConfigError, match="deep.layers: .* non-unique"):  # the schema's uniqueItems
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"layers": ["conv3", "conv3"], "device": "cpu"})
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_written_file_passes_the_reader_checks(trained, tmp_path):
+    d, mel, models = trained
+    out = tmp_path / "seed3.h5"
+    shapes = _extract(models["Deformable"], mel, out, {"layers": ["pool1", "conv3"], "device": "cpu"})
+    with open_h5(out, "deep") as f:
+        info = deep_info(f, out, n_clips=37)
+        assert json.loads(f.attrs["average_channels"]) == ["pool1"] and f.attrs["model"] == "Deformable.pt"
+    assert (info.arch, info.seed, info.task, info.layers, info.point) == (
+        "Deformable",
+        3,
+        "family",
+        ("pool1", "conv3"),
+        "raw",
+    )
+    assert info.widths == {a: int(np.prod(s)) for a, s in shapes.items()}
+    assert extract_features.job.reads == {"deep": ("layers", "point", "average_channels")}
+    assert extract_features.job.tunes == {"deep": ("batch_size", "device")}
 
 
 # Peak RSS of the child itself: VmHWM (kB) starts afresh at exec, unlike ru_maxrss, which Linux carries over
 # from the forking parent (here the pytest process, whose size would leak into the measurement).
 PEAK = """
 import sys
-from deepfeat.extract import extract_features
-extract_features(sys.argv[1], sys.argv[2], sys.argv[3], {"batch_size": 32, "device": "cpu"})
+from deepfeat.nets import extract_features
+extract_features(model=sys.argv[1], mel=sys.argv[2], deep=sys.argv[3],
+                 settings={"deep": {"batch_size": 32, "device": "cpu"}})
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
@@ -149,11 +197,20 @@ def _peak_rss_mb(d, n):
         stats = {k: float(f.attrs[k]) for k in ("train_mean", "train_std")}
     torch.manual_seed(0)
     m = build_model("Regular", 64, 64, 3)
-    save_model(model, {"arch": "Regular", "seed": 0, "task": "family", "input_shape": [1, 64, 64], "n_outputs": 3,
-                       **stats}, cpu_state(m), cpu_state(m))
+    save_model(
+        model,
+        {"arch": "Regular", "seed": 0, "task": "family", "input_shape": [1, 64, 64], "n_outputs": 3, **stats},
+        cpu_state(m),
+        cpu_state(m),
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", PEAK, str(model), str(mel), str(d / f"deep{n}.h5")], env=env,
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", PEAK, str(model), str(mel), str(d / f"deep{n}.h5")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(r.stdout.split()[-1]) / 1024
 
 

@@ -1,4 +1,5 @@
-"""Tests of the hand-crafted feature store (deepfeat.handcrafted) against direct reference computations."""
+"""Tests of the hand-crafted feature store (deepfeat.features) against direct reference computations."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,13 @@ import pytest
 import pywt
 import scipy.stats
 import yaml
-
 from conftest import make_meta, write_fake_mel
-from deepfeat import handcrafted as hc
-from deepfeat.io import CorruptOutputError, write_clip_table, write_h5
+
+from deepfeat import config, workflow
+from deepfeat import features as hc
+from deepfeat.config import ConfigError
+from deepfeat.formats.cliptable import write_clip_table
+from deepfeat.formats.files import CorruptOutputError, write_h5
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -32,6 +36,11 @@ def old_cwt_row(row, width):
     """scipy.signal.cwt(row, ricker, [width])[0] of SciPy < 1.15: 'same' convolution with the reversed kernel."""
     n = min(10 * width, len(row))
     return np.convolve(row, old_ricker(n, width)[::-1], mode="same")
+
+
+def build(clips, mel, out, params: dict, mel_params: dict = MEL_PARAMS) -> dict:
+    """The handcrafted job, called as the workflow calls it."""
+    return hc.build_store(clips=clips, mel=mel, features=out, settings={"handcrafted": params, "mel": mel_params})
 
 
 def make_audio(n, sr=SR, seconds=4.0, seed=0):
@@ -63,9 +72,15 @@ def store(tmp_path_factory):
     audio = make_audio(n)
     write_clips(d / "clips.h5", audio, meta)
     params = {"chunk_size": 4}
-    timings = hc.build_store(d / "clips.h5", d / "mel.h5", d / "handcrafted.h5", params, MEL_PARAMS)
-    return {"dir": d, "mel": mel.astype(np.float64), "audio": audio, "path": d / "handcrafted.h5",
-            "timings": timings, "meta": meta}
+    timings = build(d / "clips.h5", d / "mel.h5", d / "handcrafted.h5", params)
+    return {
+        "dir": d,
+        "mel": mel.astype(np.float64),
+        "audio": audio,
+        "path": d / "handcrafted.h5",
+        "timings": timings,
+        "meta": meta,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- Ricker
@@ -98,9 +113,15 @@ def test_summary_stats_match_numpy_and_scipy():
     for n in (7, 8, 128):  # odd and even counts (median / quantile interpolation)
         x = rng.standard_normal((4, 5, n)) ** 3
         s = hc.summary_stats(x)
-        ref = {"mean": x.mean(-1), "median": np.median(x, -1), "std": x.std(-1), "var": x.var(-1),
-               "kurtosis": scipy.stats.kurtosis(x, axis=-1, fisher=True, bias=True),
-               "q25": np.quantile(x, 0.25, axis=-1), "q75": np.quantile(x, 0.75, axis=-1)}
+        ref = {
+            "mean": x.mean(-1),
+            "median": np.median(x, -1),
+            "std": x.std(-1),
+            "var": x.var(-1),
+            "kurtosis": scipy.stats.kurtosis(x, axis=-1, fisher=True, bias=True),
+            "q25": np.quantile(x, 0.25, axis=-1),
+            "q75": np.quantile(x, 0.75, axis=-1),
+        }
         assert list(s) == list(hc.STATS)
         for k in hc.STATS:
             np.testing.assert_allclose(s[k], ref[k], rtol=1e-12, atol=1e-12, err_msg=k)
@@ -119,12 +140,17 @@ def test_kurtosis_of_constant_rows_is_zero_not_nan():
 # ------------------------------------------------------------------------------------------- time to dB
 def test_time_to_db_semantics():
     T = 6
-    mel = np.array([[
-        [0, -10, -70, -60, -90, -80],  # -70 reached at 2 (equality counts), -75 at 4, -80 at 4
-        [-80, 0, 0, 0, 0, 0],          # exactly the floor at frame 0 counts for every threshold
-        [0, -69.99, -69.5, -50, 0, -1],  # never reached -> T (the frame count)
-        [-5, -72, -5, -79.99, -5, -80],  # each threshold first crossed at a different frame; floor last
-    ]], dtype=np.float32)
+    mel = np.array(
+        [
+            [
+                [0, -10, -70, -60, -90, -80],  # -70 reached at 2 (equality counts), -75 at 4, -80 at 4
+                [-80, 0, 0, 0, 0, 0],  # exactly the floor at frame 0 counts for every threshold
+                [0, -69.99, -69.5, -50, 0, -1],  # never reached -> T (the frame count)
+                [-5, -72, -5, -79.99, -5, -80],  # each threshold first crossed at a different frame; floor last
+            ]
+        ],
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal(hc.time_to_db(mel, -70), [[2, 0, T, 1]])
     np.testing.assert_array_equal(hc.time_to_db(mel, -75), [[4, 0, T, 3]])
     np.testing.assert_array_equal(hc.time_to_db(mel, -80), [[4, 0, T, 5]])
@@ -145,11 +171,17 @@ def test_librosa_features_match_per_clip_calls(store):
         got = hc.read_feature(path, name)
         want = np.stack([fn(y.astype(np.float64))[0] for y in audio])
         assert got.shape == (10, 128)
-        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-5, atol=1e-5 * np.abs(want).max(),
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            got, want.astype(np.float32), rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=name
+        )
     # the silent clip: defined, finite values (0 Hz, flatness 1, rms 0)
-    for name, value in (("RMS", 0), ("Spectral Centroid", 0), ("Spectral Bandwidth", 0),
-                        ("Spectral Flatness", 1), ("Spectral Rolloff", 0)):
+    for name, value in (
+        ("RMS", 0),
+        ("Spectral Centroid", 0),
+        ("Spectral Bandwidth", 0),
+        ("Spectral Flatness", 1),
+        ("Spectral Rolloff", 0),
+    ):
         np.testing.assert_array_equal(hc.read_feature(path, name)[0], value, err_msg=name)
 
 
@@ -163,23 +195,49 @@ def test_sample_rate_is_passed_to_librosa(tmp_path):
         f.attrs["sample_rate"] = 22050
     write_clips(tmp_path / "clips22.h5", audio, meta, sr=22050)
     p = {"features": ["spectral_centroid"]}
-    hc.build_store(tmp_path / "clips22.h5", tmp_path / "mel.h5", tmp_path / "a.h5", p, MEL_PARAMS)
+    build(tmp_path / "clips22.h5", tmp_path / "mel.h5", tmp_path / "a.h5", p)
     c22 = hc.read_feature(tmp_path / "a.h5", "Spectral Centroid")
-    want = np.stack([librosa.feature.spectral_centroid(y=y.astype(np.float64), sr=22050, n_fft=2048,
-                                                       hop_length=502)[0] for y in audio])
+    want = np.stack(
+        [
+            librosa.feature.spectral_centroid(y=y.astype(np.float64), sr=22050, n_fft=2048, hop_length=502)[0]
+            for y in audio
+        ]
+    )
     np.testing.assert_allclose(c22, want, rtol=1e-5)
     assert json.loads(h5py.File(tmp_path / "a.h5")["features/spectral_centroid"].attrs["params"])["sr"] == 22050
 
 
 # ---------------------------------------------------------------------------------------------- the store
 EXPECTED_NAMES = (
-    ["RMS", "Spectral Centroid", "Spectral Bandwidth", "Spectral Flatness", "Spectral Rolloff",
-     "Mean Power (frequency)", "Mean Power (time)", "Median Power (frequency)", "Median Power (time)",
-     "Time to -70 dB", "Time to -75 dB", "Time to -80 dB"]
-    + [f"{s} Wavelet ({w}){sfx}" for sfx in ("", " over frequency") for w in (1, 5, 10, 25)
-       for s in ("Mean", "Median", "Std", "Var", "Kurtosis", "Q25", "Q75")]
-    + ["Wavelet Combined", "DWT db10 (horizontal)", "DWT db10 (vertical)", "DWT bior1.3 (horizontal)",
-       "DWT bior1.3 (vertical)", "Top 4 Combined", "Random"]
+    [
+        "RMS",
+        "Spectral Centroid",
+        "Spectral Bandwidth",
+        "Spectral Flatness",
+        "Spectral Rolloff",
+        "Mean Power (frequency)",
+        "Mean Power (time)",
+        "Median Power (frequency)",
+        "Median Power (time)",
+        "Time to -70 dB",
+        "Time to -75 dB",
+        "Time to -80 dB",
+    ]
+    + [
+        f"{s} Wavelet ({w}){sfx}"
+        for sfx in ("", " over frequency")
+        for w in (1, 5, 10, 25)
+        for s in ("Mean", "Median", "Std", "Var", "Kurtosis", "Q25", "Q75")
+    ]
+    + [
+        "Wavelet Combined",
+        "DWT db10 (horizontal)",
+        "DWT db10 (vertical)",
+        "DWT bior1.3 (horizontal)",
+        "DWT bior1.3 (vertical)",
+        "Top 4 Combined",
+        "Random",
+    ]
 )
 
 
@@ -201,7 +259,7 @@ def test_store_names_attrs_and_layout(store):
         assert json.loads(f["features/wavelet_combined"].attrs["shape"]) == [6, 128]
         assert json.loads(f["features/mean_wavelet_25_over_frequency"].attrs["shape"]) == [128]
     t = store["timings"]
-    assert set(hc.DEFAULTS["features"]) <= set(t) and t["total"] > 0 and t["ricker_transform"] > 0
+    assert set(config.default("handcrafted", "features")) <= set(t) and t["total"] > 0 and t["ricker_transform"] > 0
 
 
 def test_store_values_against_direct_computation(store):
@@ -210,15 +268,20 @@ def test_store_values_against_direct_computation(store):
     np.testing.assert_allclose(hc.read_feature(path, "Mean Power (frequency)"), mel.mean(1), rtol=1e-6)
     np.testing.assert_allclose(hc.read_feature(path, "Median Power (time)"), np.median(mel, 2), rtol=1e-6)
     for thr in (-70, -75, -80):
-        want = np.array([[next((t for t in range(T) if mel[b, f, t] <= thr), T) for f in range(mel.shape[1])]
-                         for b in range(len(mel))])
+        want = np.array(
+            [
+                [next((t for t in range(T) if mel[b, f, t] <= thr), T) for f in range(mel.shape[1])]
+                for b in range(len(mel))
+            ]
+        )
         np.testing.assert_array_equal(hc.read_feature(path, f"Time to {thr} dB"), want)
     # wavelets for one clip, per row, as the reference notebooks did
     b = 3
     for w in (5, 25):
         rows = np.stack([old_cwt_row(r, w) for r in mel[b]])  # (F, T)
         checks = {
-            f"Mean Wavelet ({w})": rows.mean(1), f"Kurtosis Wavelet ({w})": scipy.stats.kurtosis(rows, axis=1),
+            f"Mean Wavelet ({w})": rows.mean(1),
+            f"Kurtosis Wavelet ({w})": scipy.stats.kurtosis(rows, axis=1),
             f"Q75 Wavelet ({w})": np.quantile(rows, 0.75, axis=1),
             f"Median Wavelet ({w}) over frequency": np.median(rows, axis=0),
             f"Std Wavelet ({w}) over frequency": rows.std(axis=0),
@@ -226,8 +289,16 @@ def test_store_values_against_direct_computation(store):
         for name, want in checks.items():
             np.testing.assert_allclose(hc.read_feature(path, name)[b], want, rtol=2e-6, atol=1e-5, err_msg=name)
     rows = np.stack([old_cwt_row(r, 25) for r in mel[b]])
-    comb = np.concatenate([np.median(rows, 1), rows.std(1), rows.var(1), scipy.stats.kurtosis(rows, axis=1),
-                           np.quantile(rows, 0.25, axis=1), np.quantile(rows, 0.75, axis=1)])
+    comb = np.concatenate(
+        [
+            np.median(rows, 1),
+            rows.std(1),
+            rows.var(1),
+            scipy.stats.kurtosis(rows, axis=1),
+            np.quantile(rows, 0.25, axis=1),
+            np.quantile(rows, 0.75, axis=1),
+        ]
+    )
     np.testing.assert_allclose(hc.read_feature(path, "Wavelet Combined")[b], comb, rtol=2e-6, atol=1e-5)
 
 
@@ -254,10 +325,10 @@ def test_top4_is_the_concatenation(store):
 def test_random_is_seeded_and_independent_of_chunking(store, tmp_path):
     d = store["dir"]
     a = hc.read_feature(store["path"], "Random")
-    hc.build_store(None, d / "mel.h5", tmp_path / "r.h5", {"features": ["random"], "chunk_size": 3}, MEL_PARAMS)
+    build(None, d / "mel.h5", tmp_path / "r.h5", {"features": ["random"], "chunk_size": 3})
     np.testing.assert_array_equal(hc.read_feature(tmp_path / "r.h5", "random"), a)
     np.testing.assert_array_equal(a, np.random.default_rng(0).standard_normal((10, 128)).astype(np.float32))
-    hc.build_store(None, d / "mel.h5", tmp_path / "s.h5", {"features": ["random"], "random_seed": 1}, MEL_PARAMS)
+    build(None, d / "mel.h5", tmp_path / "s.h5", {"features": ["random"], "random_seed": 1})
     assert not np.allclose(hc.read_feature(tmp_path / "s.h5", "Random"), a)
 
 
@@ -271,7 +342,7 @@ def test_constant_spectrograms_give_finite_features(tmp_path):
         f.create_dataset("mel", data=mel)
         f.attrs["sample_rate"] = SR
     p = {"features": ["mean_power", "median_power", "time_to_db", "wavelet", "dwt", "top4"]}
-    hc.build_store(None, tmp_path / "mel.h5", tmp_path / "h.h5", p, MEL_PARAMS)
+    build(None, tmp_path / "mel.h5", tmp_path / "h.h5", p)
     for name in hc.list_features(tmp_path / "h.h5"):
         assert np.all(np.isfinite(hc.read_feature(tmp_path / "h.h5", name))), name
     # every bin of a constant spectrogram has the same transform -> constant over frequency -> kurtosis 0
@@ -281,14 +352,24 @@ def test_constant_spectrograms_give_finite_features(tmp_path):
 
 def test_selected_options_and_feature_subsets(store, tmp_path):
     d = store["dir"]
-    p = {"features": ["wavelet", "mean_power"], "ricker_widths": [3], "wavelet_stats": ["var"],
-         "wavelet_axes": ["frequency"], "power_axes": ["time"], "combined_width": 5}
-    hc.build_store(None, d / "mel.h5", tmp_path / "o.h5", p, MEL_PARAMS)
-    assert hc.list_features(tmp_path / "o.h5") == ["Var Wavelet (3) over frequency", "Wavelet Combined",
-                                                   "Mean Power (time)"]
+    p = {
+        "features": ["wavelet", "mean_power"],
+        "ricker_widths": [3],
+        "wavelet_stats": ["var"],
+        "wavelet_axes": ["frequency"],
+        "power_axes": ["time"],
+        "combined_width": 5,
+    }
+    build(None, d / "mel.h5", tmp_path / "o.h5", p)
+    assert hc.list_features(tmp_path / "o.h5") == [
+        "Var Wavelet (3) over frequency",
+        "Wavelet Combined",
+        "Mean Power (time)",
+    ]
     rows = np.stack([old_cwt_row(r, 3) for r in store["mel"][0]])
-    np.testing.assert_allclose(hc.read_feature(tmp_path / "o.h5", "Var Wavelet (3) over frequency")[0],
-                               rows.var(0), rtol=1e-6)
+    np.testing.assert_allclose(
+        hc.read_feature(tmp_path / "o.h5", "Var Wavelet (3) over frequency")[0], rows.var(0), rtol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------- registry, errors
@@ -298,8 +379,7 @@ def test_registry_extension_one_function_plus_config_name(store, tmp_path):
         return [hc.Feature("Max Power (time)", ctx.mel.max(axis=2), "maximum over frames (dB)", {})]
 
     try:
-        hc.build_store(None, store["dir"] / "mel.h5", tmp_path / "x.h5", {"features": ["test_max_power"],
-                                                                          "chunk_size": 4}, MEL_PARAMS)
+        build(None, store["dir"] / "mel.h5", tmp_path / "x.h5", {"features": ["test_max_power"], "chunk_size": 4})
         np.testing.assert_allclose(hc.read_feature(tmp_path / "x.h5", "Max Power (time)"), store["mel"].max(2))
     finally:
         del hc.FEATURES["test_max_power"]
@@ -308,17 +388,27 @@ def test_registry_extension_one_function_plus_config_name(store, tmp_path):
 def test_bad_config_and_inputs_give_clear_errors(store, tmp_path):
     d = store["dir"]
     with pytest.raises(ValueError, match=r"unknown feature families \['mfcc'\]; known: .*wavelet"):
-        hc.build_store(d / "clips.h5", d / "mel.h5", tmp_path / "e.h5", {"features": ["mfcc"]}, MEL_PARAMS)
-    with pytest.raises(ValueError, match="unknown keys"):
-        hc.check_params({"widths": [1]})
+        build(d / "clips.h5", d / "mel.h5", tmp_path / "e.h5", {"features": ["mfcc"]})
+    with pytest.raises(ConfigError, match=r"handcrafted\.widths: unknown key"):
+        build(d / "clips.h5", d / "mel.h5", tmp_path / "e.h5", {"widths": [1]})
+    with pytest.raises(ConfigError, match=r"mel\.nfft: unknown key"):
+        build(d / "clips.h5", d / "mel.h5", tmp_path / "e.h5", {}, {"nfft": 2048})
     with pytest.raises(ValueError, match="dwt_wavelets.*db99"):
-        hc.check_params({"dwt_wavelets": ["db99"]})
+        build(d / "clips.h5", d / "mel.h5", tmp_path / "e.h5", {"dwt_wavelets": ["db99"]})
+    with pytest.raises(ValueError, match=r"handcrafted\.features: duplicate names"):
+        build(None, d / "mel.h5", tmp_path / "e.h5", {"features": ["random", "random"]})
+    with pytest.raises(ConfigError, match=r"handcrafted\.power_axes"):  # the schema's checks
+        build(None, d / "mel.h5", tmp_path / "e.h5", {"power_axes": ["diagonal"]})
+    with pytest.raises(ConfigError, match=r"handcrafted\.time_to_db_thresholds"):
+        build(None, d / "mel.h5", tmp_path / "e.h5", {"time_to_db_thresholds": [3]})
+    with pytest.raises(ConfigError, match=r"handcrafted\.chunk_size"):
+        build(None, d / "mel.h5", tmp_path / "e.h5", {"chunk_size": 0})
     with pytest.raises(ValueError, match="need the raw clips"):
-        hc.build_store(None, d / "mel.h5", tmp_path / "e.h5", {"features": ["rms"]}, MEL_PARAMS)
+        build(None, d / "mel.h5", tmp_path / "e.h5", {"features": ["rms"]})
     meta = make_meta(4)
     write_clips(tmp_path / "short.h5", make_audio(4), meta)
     with pytest.raises(ValueError, match="has 4 clips but"):
-        hc.build_store(tmp_path / "short.h5", d / "mel.h5", tmp_path / "e.h5", {"features": ["rms"]}, MEL_PARAMS)
+        build(tmp_path / "short.h5", d / "mel.h5", tmp_path / "e.h5", {"features": ["rms"]})
     assert not (tmp_path / "e.h5").exists()
     with pytest.raises(KeyError, match="no feature 'Nope'; available"):
         hc.read_feature(store["path"], "Nope")
@@ -326,10 +416,64 @@ def test_bad_config_and_inputs_give_clear_errors(store, tmp_path):
         hc.read_feature(d / "mel.h5", "RMS")
 
 
-def test_defaults_match_schema_and_config():
-    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
-    props = schema["properties"]["handcrafted"]["properties"]
-    assert {k: v["default"] for k, v in props.items()} == hc.DEFAULTS
+def test_settings_are_the_schema_and_config_sections():
+    """The job reads every key of the handcrafted section (chunk_size only as a tune); config.yaml sets them all,
+    and its values pass the checks the schema cannot express."""
+    keys = config.section_keys("handcrafted")
+    spec = hc.build_store.job
+    assert list(spec.reads["handcrafted"]) + list(spec.tunes["handcrafted"]) == keys
+    assert spec.tunes == {"handcrafted": ("chunk_size",)} and spec.reads["mel"] == ("n_fft", "hop_length")
+    assert workflow.job_spec("handcrafted") == {
+        "reads": {"handcrafted": keys[:-1], "mel": ["n_fft", "hop_length"]},
+        "tunes": {"handcrafted": ["chunk_size"]},
+    }
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["handcrafted"]
-    assert set(cfg) == set(hc.DEFAULTS)
-    hc.check_params(cfg)
+    assert set(cfg) == set(keys)
+    hc.check_settings(config.settings("handcrafted", cfg, keys))
+    assert set(config.default("handcrafted", "features")) == set(hc.FEATURES)  # every built-in family by default
+
+
+def test_chunk_size_changes_no_value(store, tmp_path):
+    """chunk_size is a tune: another chunking gives the same file (values and attributes)."""
+    build(store["dir"] / "clips.h5", store["dir"] / "mel.h5", tmp_path / "one.h5", {"chunk_size": 10})
+    with h5py.File(store["path"]) as a, h5py.File(tmp_path / "one.h5") as b:
+        assert list(a["features"]) == list(b["features"])
+        for key in a["features"]:
+            np.testing.assert_array_equal(a["features"][key][:], b["features"][key][:], err_msg=key)
+            assert dict(a["features"][key].attrs) == dict(b["features"][key].attrs), key
+        pa, pb = json.loads(a.attrs["params"]), json.loads(b.attrs["params"])
+        assert pa["handcrafted"].pop("chunk_size") == 4 and pb["handcrafted"].pop("chunk_size") == 10
+        assert pa == pb
+
+
+def test_the_readme_example_works_verbatim(store, tmp_path):
+    """The "Adding a feature" example of the README and of deepfeat.features, with its import lines."""
+    code = """
+import librosa
+from deepfeat.features import Chunk, Feature, register
+
+@register("zero_crossing_rate")
+def _zcr(ctx: Chunk) -> list[Feature]:
+    hop, n_fft = ctx.mel_params["hop_length"], ctx.mel_params["n_fft"]
+    z = librosa.feature.zero_crossing_rate(ctx.audio, frame_length=n_fft, hop_length=hop)[:, 0]
+    return [Feature("Zero Crossing Rate", z, "fraction of sign changes per frame",
+                    {"frame_length": n_fft, "hop_length": hop})]
+"""
+    assert code.strip().split("\n", 2)[2].strip() in hc.__doc__.replace("\n    ", "\n")
+    try:
+        exec(compile(code, "readme_example", "exec"), {})
+        build(
+            store["dir"] / "clips.h5",
+            store["dir"] / "mel.h5",
+            tmp_path / "z.h5",
+            {"features": ["zero_crossing_rate"], "chunk_size": 4},
+        )
+        want = np.stack(
+            [
+                librosa.feature.zero_crossing_rate(y.astype(np.float64), frame_length=2048, hop_length=502)[0]
+                for y in store["audio"]
+            ]
+        )
+        np.testing.assert_allclose(hc.read_feature(tmp_path / "z.h5", "Zero Crossing Rate"), want, rtol=1e-6)
+    finally:
+        del hc.FEATURES["zero_crossing_rate"]

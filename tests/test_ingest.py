@@ -1,4 +1,5 @@
 """Ingest: NSynth and recordings layouts -> clips.h5 (counts, labels, filters, splits, errors, skip mode)."""
+
 from __future__ import annotations
 
 import copy
@@ -10,21 +11,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from snakemake.utils import validate
 
-from deepfeat.audio import AudioError, load_audio, read_audio
-from deepfeat.ingest import IngestError, PARTS, ingest_dataset, split_clips
-from deepfeat.io import open_h5, read_clip_table
+from deepfeat import config, workflow
+from deepfeat.config import ConfigError
+from deepfeat.data.audio import AudioError, load_audio, read_audio
+from deepfeat.data.ingest import PARTS, ingest_dataset
+from deepfeat.data.sources import IngestError
+from deepfeat.data.split import split_clips
+from deepfeat.formats.cliptable import read_clip_table
+from deepfeat.formats.files import open_h5
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 NS_SR, REC_SR = 16000, 22050
 
 
 def with_defaults(ds: dict) -> dict:
     """A dataset entry as the workflow sees it: validated against the schema, defaults filled."""
-    cfg = {"datasets": {"d": copy.deepcopy(ds)}}
-    validate(cfg, str(SCHEMA))
-    return cfg["datasets"]["d"]
+    return config.validate({"datasets": {"d": copy.deepcopy(ds)}})["datasets"]["d"]
+
+
+def ingest(root, ds: dict, name: str, out, on_error: str = "fail") -> dict:
+    """The ingest job on one dataset entry, called as the workflow calls it."""
+    return ingest_dataset(
+        clips=out, settings={"dataset": ds, "ingest": {"on_error": on_error}}, root=root, dataset=name
+    )
 
 
 def tone(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.3, channels: int = 1, seed: int = 0):
@@ -52,14 +61,24 @@ def make_nsynth(root: Path, per_family: int = 3, electronic: int = 2) -> dict:
             vel = [25, 50, 75, 100, 127][j % 5]
             nid = f"{fam}_{['acoustic', 'electronic'][src]}_{j:03d}-{pitch:03d}-{vel:03d}"
             examples[nid] = {
-                "note_str": nid, "instrument_family": fid, "instrument_family_str": fam,
-                "instrument_source": src, "instrument_source_str": ["acoustic", "electronic"][src],
+                "note_str": nid,
+                "instrument_family": fid,
+                "instrument_family_str": fam,
+                "instrument_source": src,
+                "instrument_source_str": ["acoustic", "electronic"][src],
                 "instrument_str": f"{fam}_{['acoustic', 'electronic'][src]}_{j % 2:03d}",
-                "pitch": pitch, "velocity": vel, "sample_rate": NS_SR, "qualities": [0] * 10,
+                "pitch": pitch,
+                "velocity": vel,
+                "sample_rate": NS_SR,
+                "qualities": [0] * 10,
             }
             f0 = 440.0 * 2 ** ((pitch - 69) / 12)
-            sf.write(root / "audio" / f"{nid}.wav", tone(4.0, NS_SR, f0, vel / 254, seed=len(examples)), NS_SR,
-                     subtype="PCM_16")
+            sf.write(
+                root / "audio" / f"{nid}.wav",
+                tone(4.0, NS_SR, f0, vel / 254, seed=len(examples)),
+                NS_SR,
+                subtype="PCM_16",
+            )
     (root / "examples.json").write_text(json.dumps(examples))
     return examples
 
@@ -85,9 +104,12 @@ def nsynth_root(tmp_path_factory):
 def test_nsynth_filters_labels_round_trip(nsynth_root, tmp_path):
     root, examples = nsynth_root
     out = tmp_path / "clips.h5"
-    s = ingest_dataset(root, with_defaults(NS_DS), "notes", out)
-    keep = sorted(k for k, e in examples.items()
-                  if e["instrument_source"] == 0 and e["instrument_family_str"] not in ("bass", "organ"))
+    s = ingest(root, with_defaults(NS_DS), "notes", out)
+    keep = sorted(
+        k
+        for k, e in examples.items()
+        if e["instrument_source"] == 0 and e["instrument_family_str"] not in ("bass", "organ")
+    )
     assert s["n_clips"] == len(keep) == 12
     with open_h5(out, "clips") as f:
         meta, tasks, main = read_clip_table(f)
@@ -121,21 +143,24 @@ def test_nsynth_seeded_sampling_and_source_filter(nsynth_root, tmp_path):
     ids = []
     for rep in range(2):
         out = tmp_path / f"c{rep}.h5"
-        ingest_dataset(root, ds, "notes", out)
+        ingest(root, ds, "notes", out)
         with open_h5(out, "clips") as f:
             ids.append(list(f["meta/clip_id"].asstr()[:]))
     assert ids[0] == ids[1] and len(ids[0]) == 5
-    keep = sorted(k for k, e in examples.items()
-                  if e["instrument_source"] == 0 and e["instrument_family_str"] not in ("bass", "organ"))
+    keep = sorted(
+        k
+        for k, e in examples.items()
+        if e["instrument_source"] == 0 and e["instrument_family_str"] not in ("bass", "organ")
+    )
     pick = np.sort(np.random.default_rng(3).choice(len(keep), 5, replace=False))
     assert ids[0] == [keep[i] for i in pick]
     ds2 = with_defaults({**NS_DS, "nsynth": {"max_clips": 5, "sample_seed": 4}})
-    ingest_dataset(root, ds2, "notes", tmp_path / "c2.h5")
+    ingest(root, ds2, "notes", tmp_path / "c2.h5")
     with open_h5(tmp_path / "c2.h5", "clips") as f:
         assert list(f["meta/clip_id"].asstr()[:]) != ids[0]
     # electronic notes only, keeping bass
     ds3 = with_defaults({**NS_DS, "nsynth": {"instrument_sources": [1], "drop_families": []}})
-    s = ingest_dataset(root, ds3, "notes", tmp_path / "c3.h5")
+    s = ingest(root, ds3, "notes", tmp_path / "c3.h5")
     assert s["n_clips"] == 2 * len(FAMILIES)
     with open_h5(tmp_path / "c3.h5", "clips") as f:
         assert all("_electronic_" in c for c in f["meta/clip_id"].asstr()[:])
@@ -146,8 +171,8 @@ def test_nsynth_resamples_other_rate_with_warning(tmp_path, caplog):
     make_nsynth(root, per_family=2, electronic=0)
     nid = sorted(json.loads((root / "examples.json").read_text()))[-1]
     sf.write(root / "audio" / f"{nid}.wav", tone(4.0, 8000), 8000)
-    with caplog.at_level(logging.WARNING, logger="deepfeat.ingest"):
-        s = ingest_dataset(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5")
+    with caplog.at_level(logging.WARNING, logger="deepfeat.data.ingest"):
+        s = ingest(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5")
     assert s["n_clips"] == 8
     assert any("8000 Hz" in r.getMessage() and "resampl" in r.getMessage() for r in caplog.records)
 
@@ -158,18 +183,19 @@ def test_nsynth_short_note_is_bad_file(tmp_path):
     short = sorted(k for k, e in examples.items() if e["instrument_family_str"] == "flute")[0]
     sf.write(root / "audio" / f"{short}.wav", tone(3.5, NS_SR), NS_SR)
     with pytest.raises(IngestError, match=rf"{short}\.wav.*shorter than one clip"):
-        ingest_dataset(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5")
+        ingest(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5")
     assert not (tmp_path / "c.h5").exists()
-    s = ingest_dataset(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5", on_error="skip")
+    s = ingest(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5", on_error="skip")
     assert s["n_clips"] == 7 and [d["file"] for d in s["skipped"]] == [short]
 
 
 def test_nsynth_missing_label_field(nsynth_root, tmp_path):
     root, _ = nsynth_root
-    ds = with_defaults({**NS_DS, "tasks": NS_DS["tasks"] + [{"name": "x", "type": "classification",
-                                                             "label": "no_such_field"}]})
+    ds = with_defaults(
+        {**NS_DS, "tasks": NS_DS["tasks"] + [{"name": "x", "type": "classification", "label": "no_such_field"}]}
+    )
     with pytest.raises(IngestError, match=r"examples\.json.*'no_such_field'"):
-        ingest_dataset(root, ds, "notes", tmp_path / "c.h5")
+        ingest(root, ds, "notes", tmp_path / "c.h5")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,12 +203,12 @@ def test_nsynth_missing_label_field(nsynth_root, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # path, composer, seconds, year, (sr, channels)
 RECS = [
-    ("a/one.wav", "haydn", 9.0, 1790, REC_SR, 1),      # 2 clips of 4 s, 1 s tail dropped
-    ("a/two.wav", "haydn", 13.0, 1791, REC_SR, 1),     # 3 clips
-    ("b/three.flac", "bach", 12.5, 1720, REC_SR, 1),   # 3 clips
-    ("b/four.wav", "bach", 8.2, 1721, 44100, 2),       # stereo 44.1 kHz -> 2 clips
-    ("c/five.wav", "mozart", 16.0, 1785, REC_SR, 1),   # 4 clips
-    ("c/six.wav", "mozart", 4.5, 1786, REC_SR, 1),     # 1 clip
+    ("a/one.wav", "haydn", 9.0, 1790, REC_SR, 1),  # 2 clips of 4 s, 1 s tail dropped
+    ("a/two.wav", "haydn", 13.0, 1791, REC_SR, 1),  # 3 clips
+    ("b/three.flac", "bach", 12.5, 1720, REC_SR, 1),  # 3 clips
+    ("b/four.wav", "bach", 8.2, 1721, 44100, 2),  # stereo 44.1 kHz -> 2 clips
+    ("c/five.wav", "mozart", 16.0, 1785, REC_SR, 1),  # 4 clips
+    ("c/six.wav", "mozart", 4.5, 1786, REC_SR, 1),  # 1 clip
 ]
 N_CLIPS = {p: int(s // 4) for p, _, s, _, _, _ in RECS}
 
@@ -199,7 +225,7 @@ REC_DS = {
 
 
 def make_recordings(root: Path, recs=RECS, extra_rows: str = "") -> None:
-    for i, (p, comp, secs, year, sr, ch) in enumerate(recs):
+    for i, (p, _comp, secs, _year, sr, ch) in enumerate(recs):
         (root / p).parent.mkdir(parents=True, exist_ok=True)
         sf.write(root / p, tone(secs, sr, 220 + 50 * i, channels=ch, seed=i), sr)
     lines = ["path,composer,year,work"] + [f"{p},{c},{y},w{i % 2}" for i, (p, c, _, y, _, _) in enumerate(recs)]
@@ -215,13 +241,13 @@ def rec_root(tmp_path_factory):
 
 def test_recordings_clips_tail_part_and_labels(rec_root, tmp_path):
     out = tmp_path / "clips.h5"
-    s = ingest_dataset(rec_root, with_defaults(REC_DS), "composers", out)
+    s = ingest(rec_root, with_defaults(REC_DS), "composers", out)
     assert s["n_clips"] == sum(N_CLIPS.values()) == 15 and s["skipped"] == []
     with open_h5(out, "clips") as f:
         meta, tasks, _ = read_clip_table(f)
         audio = f["audio"][:]
     assert audio.shape == (15, 4 * REC_SR)
-    for p, comp, secs, year, sr, ch in RECS:
+    for p, comp, _secs, year, _sr, _ch in RECS:
         m = meta[meta["recording"] == p]
         n = N_CLIPS[p]
         assert len(m) == n, p  # tail dropped
@@ -232,7 +258,7 @@ def test_recordings_clips_tail_part_and_labels(rec_root, tmp_path):
     # mono 22,050 Hz clips cut from the start of the recording; the stereo 44.1 kHz one is averaged + resampled
     y = load_audio(rec_root / "a/two.wav", REC_SR)
     rows = np.flatnonzero(meta["recording"] == "a/two.wav")
-    np.testing.assert_array_equal(audio[rows[1]], y[4 * REC_SR: 8 * REC_SR])
+    np.testing.assert_array_equal(audio[rows[1]], y[4 * REC_SR : 8 * REC_SR])
     st, sr = sf.read(rec_root / "b/four.wav", dtype="float32")
     assert sr == 44100 and st.ndim == 2
     mono = load_audio(rec_root / "b/four.wav", REC_SR)
@@ -255,26 +281,28 @@ def test_part_of_piece_thirds():
 def test_recordings_part_needs_flag(rec_root, tmp_path):
     ds = with_defaults({**REC_DS, "recordings": {"part_of_piece": False}})
     with pytest.raises(IngestError, match=r"metadata\.csv.*'part'.*part_of_piece"):
-        ingest_dataset(rec_root, ds, "composers", tmp_path / "c.h5")
+        ingest(rec_root, ds, "composers", tmp_path / "c.h5")
 
 
 def test_recordings_missing_label_column(rec_root, tmp_path):
-    ds = with_defaults({**REC_DS, "tasks": REC_DS["tasks"] + [{"name": "orch", "type": "classification",
-                                                               "label": "orchestra"}]})
+    ds = with_defaults(
+        {**REC_DS, "tasks": REC_DS["tasks"] + [{"name": "orch", "type": "classification", "label": "orchestra"}]}
+    )
     with pytest.raises(IngestError, match=r"metadata\.csv.*label column 'orchestra'"):
-        ingest_dataset(rec_root, ds, "composers", tmp_path / "c.h5")
+        ingest(rec_root, ds, "composers", tmp_path / "c.h5")
 
 
 def test_recordings_one_class_task(rec_root, tmp_path):
-    ds = with_defaults({**REC_DS, "tasks": REC_DS["tasks"] + [{"name": "ones", "type": "classification",
-                                                               "label": "one"}]})
+    ds = with_defaults(
+        {**REC_DS, "tasks": REC_DS["tasks"] + [{"name": "ones", "type": "classification", "label": "one"}]}
+    )
     root = tmp_path / "r"
     make_recordings(root, RECS[:3])
     csv = pd.read_csv(root / "metadata.csv")
     csv["one"] = "x"
     csv.to_csv(root / "metadata.csv", index=False)
     with pytest.raises(IngestError, match=r"task 'ones'.*one class"):
-        ingest_dataset(root, ds, "composers", tmp_path / "c.h5")
+        ingest(root, ds, "composers", tmp_path / "c.h5")
 
 
 @pytest.mark.parametrize(
@@ -291,9 +319,14 @@ def test_recordings_one_class_task(rec_root, tmp_path):
 def test_recordings_bad_files_fail_and_skip(tmp_path, case, pattern):
     root = tmp_path / "r"
     make_recordings(root)
-    row = {"missing": "gone.wav,bach,1700,w0", "corrupt": "bad.wav,bach,1700,w0",
-           "empty": "empty.wav,bach,1700,w0", "short": "short.wav,bach,1700,w0",
-           "empty_label": "x.wav,,1700,w0", "bad_number": "x.wav,bach,soon,w0"}[case]
+    row = {
+        "missing": "gone.wav,bach,1700,w0",
+        "corrupt": "bad.wav,bach,1700,w0",
+        "empty": "empty.wav,bach,1700,w0",
+        "short": "short.wav,bach,1700,w0",
+        "empty_label": "x.wav,,1700,w0",
+        "bad_number": "x.wav,bach,soon,w0",
+    }[case]
     with open(root / "metadata.csv", "a") as fh:
         fh.write(row + "\n")
     (root / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
@@ -302,9 +335,9 @@ def test_recordings_bad_files_fail_and_skip(tmp_path, case, pattern):
     sf.write(root / "x.wav", tone(5.0, REC_SR), REC_SR)
     out = tmp_path / "c.h5"
     with pytest.raises((IngestError, AudioError), match=pattern):
-        ingest_dataset(root, with_defaults(REC_DS), "composers", out)
+        ingest(root, with_defaults(REC_DS), "composers", out)
     assert not out.exists() and not list(tmp_path.glob(".c.h5*"))  # nothing half-written left behind
-    s = ingest_dataset(root, with_defaults(REC_DS), "composers", out, on_error="skip")
+    s = ingest(root, with_defaults(REC_DS), "composers", out, on_error="skip")
     assert s["n_clips"] == 15 and len(s["skipped"]) == 1
     assert s["skipped"][0]["file"] == row.split(",")[0]
     with open_h5(out, "clips") as f:
@@ -319,19 +352,19 @@ def test_skip_mode_fails_when_nothing_left(tmp_path):
     sf.write(root / "short.wav", tone(1.0, REC_SR), REC_SR)
     (root / "metadata.csv").write_text("path,composer,year\nshort.wav,bach,1700\nnope.wav,haydn,1790\n")
     with pytest.raises(IngestError, match="no (clips|usable source files) left|no clips left"):
-        ingest_dataset(root, with_defaults(REC_DS), "composers", tmp_path / "c.h5", on_error="skip")
+        ingest(root, with_defaults(REC_DS), "composers", tmp_path / "c.h5", on_error="skip")
 
 
 def test_missing_metadata_and_path_column(tmp_path):
     root = tmp_path / "r"
     root.mkdir()
     with pytest.raises(IngestError, match=r"metadata\.csv: metadata CSV not found"):
-        ingest_dataset(root, with_defaults(REC_DS), "composers", tmp_path / "c.h5")
+        ingest(root, with_defaults(REC_DS), "composers", tmp_path / "c.h5")
     (root / "metadata.csv").write_text("file,composer,year\na.wav,bach,1\n")
     with pytest.raises(IngestError, match=r"metadata\.csv: path column 'path'"):
-        ingest_dataset(root, with_defaults(REC_DS), "composers", tmp_path / "c.h5")
+        ingest(root, with_defaults(REC_DS), "composers", tmp_path / "c.h5")
     with pytest.raises(IngestError, match=r"examples\.json: not found"):
-        ingest_dataset(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5")
+        ingest(root, with_defaults(NS_DS), "notes", tmp_path / "c.h5")
 
 
 def test_audio_errors_name_the_file(tmp_path):
@@ -399,14 +432,14 @@ def test_group_split_never_straddles_and_is_deterministic():
 def test_group_split_through_ingest(rec_root, tmp_path):
     ds = with_defaults({**REC_DS, "split": {"method": "group", "seed": 3}})
     out = tmp_path / "c.h5"
-    ingest_dataset(rec_root, ds, "composers", out)
+    ingest(rec_root, ds, "composers", out)
     with open_h5(out, "clips") as f:
         meta, _, _ = read_clip_table(f)
     assert (meta.groupby("recording")["split"].nunique() == 1).all()
     assert set(meta["split"]) == {0, 1}
     # group by a CSV column: whole works on one side
     ds = with_defaults({**REC_DS, "split": {"method": "group", "seed": 3, "group_by": "work"}})
-    ingest_dataset(rec_root, ds, "composers", out)
+    ingest(rec_root, ds, "composers", out)
     with open_h5(out, "clips") as f:
         meta, _, _ = read_clip_table(f)
         assert json.loads(f.attrs["split"])["group_by"] == "work"
@@ -414,17 +447,75 @@ def test_group_split_through_ingest(rec_root, tmp_path):
     assert all(np.unique(meta["split"][work == w]).size == 1 for w in np.unique(work))
     ds = with_defaults({**REC_DS, "split": {"method": "group", "group_by": "nope"}})
     with pytest.raises(IngestError, match=r"metadata\.csv: split\.group_by column 'nope'"):
-        ingest_dataset(rec_root, ds, "composers", out)
+        ingest(rec_root, ds, "composers", out)
 
 
 def test_audio_written_in_blocks_is_identical(rec_root, tmp_path, monkeypatch):
-    import deepfeat.ingest as ing
+    import deepfeat.data.ingest as ing
 
     ds = with_defaults(REC_DS)
-    ingest_dataset(rec_root, ds, "composers", tmp_path / "a.h5")
+    ingest(rec_root, ds, "composers", tmp_path / "a.h5")
     monkeypatch.setattr(ing, "_BLOCK_BYTES", 1)  # flush after every recording
-    ingest_dataset(rec_root, ds, "composers", tmp_path / "b.h5")
+    ingest(rec_root, ds, "composers", tmp_path / "b.h5")
     with open_h5(tmp_path / "a.h5", "clips") as a, open_h5(tmp_path / "b.h5", "clips") as b:
         np.testing.assert_array_equal(a["audio"][:], b["audio"][:])
         assert a["audio"].chunks == (1, 4 * REC_SR) and a["audio"].maxshape == (None, 4 * REC_SR)
         np.testing.assert_array_equal(a["meta/split"][:], b["meta/split"][:])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The job's settings
+# ----------------------------------------------------------------------------------------------------------
+def test_ingest_declares_its_settings_and_the_workflow_reads_them():
+    keys = ["format", "sample_rate", "nsynth", "recordings", "clip_seconds", "tasks", "main_task", "split"]
+    assert ingest_dataset.job.reads == {"dataset": tuple(keys), "ingest": ("on_error",)}
+    assert ingest_dataset.job.tunes == {}
+    assert workflow.job_spec("ingest") == {"reads": {"dataset": keys, "ingest": ["on_error"]}, "tunes": {}}
+
+
+def test_unknown_or_bad_settings_are_rejected_naming_the_key(nsynth_root, tmp_path):
+    root, _ = nsynth_root
+    out = tmp_path / "c.h5"
+    with pytest.raises(ConfigError, match=r"dataset\.sample_rat: unknown key"):
+        ingest(root, {**NS_DS, "sample_rat": 16000}, "notes", out)
+    with pytest.raises(ConfigError, match=r"ingest\.on_eror: unknown key"):
+        ingest_dataset(
+            clips=out, settings={"dataset": NS_DS, "ingest": {"on_eror": "skip"}}, root=root, dataset="notes"
+        )
+    with pytest.raises(ConfigError, match=r"ingest\.on_error"):
+        ingest(root, NS_DS, "notes", out, on_error="ignore")
+    with pytest.raises(ConfigError, match=r"dataset\.split.*test_fraction"):
+        ingest(root, {**NS_DS, "split": {"test_fraction": 1.5}}, "notes", out)
+    with pytest.raises(ConfigError, match=r"dataset\.nsynth.*max_clip"):
+        ingest(root, {**NS_DS, "nsynth": {"max_clip": 3}}, "notes", out)
+    with pytest.raises(ConfigError, match=r"dataset\.clip_seconds"):
+        ingest(root, {**NS_DS, "clip_seconds": 0}, "notes", out)
+    with pytest.raises(ConfigError, match=r"dataset\.main_task: required"):
+        ingest(root, {k: v for k, v in NS_DS.items() if k != "main_task"}, "notes", out)
+    with pytest.raises(IngestError, match=r"datasets\.notes\.main_task: the main task must be a classification"):
+        ingest(root, {**NS_DS, "main_task": "pitch"}, "notes", out)
+    assert not out.exists()
+
+
+def test_defaults_come_from_the_schema(nsynth_root, tmp_path):
+    """A bare dataset entry (no split / nsynth / clip_seconds) gets the schema's defaults, recorded in clips.h5."""
+    root, _ = nsynth_root
+    ingest(root, NS_DS, "notes", tmp_path / "a.h5")
+    ingest(root, with_defaults(NS_DS), "notes", tmp_path / "b.h5")
+    with open_h5(tmp_path / "a.h5", "clips") as a, open_h5(tmp_path / "b.h5", "clips") as b:
+        split = config.default("dataset", "split")
+        assert (
+            json.loads(a.attrs["split"])
+            == split
+            == {"method": "random", "test_fraction": 0.3, "seed": 0, "group_by": "recording"}
+        )
+        assert list(json.loads(a.attrs["split"])) == ["method", "test_fraction", "seed", "group_by"]
+        assert a.attrs["split"] == b.attrs["split"]
+        assert a.attrs["clip_seconds"] == config.default("dataset", "clip_seconds") == 4.0
+        np.testing.assert_array_equal(a["audio"][:], b["audio"][:])
+        np.testing.assert_array_equal(a["meta/split"][:], b["meta/split"][:])
+    # the split attribute lists the keys in the schema's order whatever order the config gives them in
+    ds = {**NS_DS, "split": {"seed": 0, "group_by": "recording", "test_fraction": 0.3}}
+    ingest(root, ds, "notes", tmp_path / "c.h5")
+    with open_h5(tmp_path / "a.h5", "clips") as a, open_h5(tmp_path / "c.h5", "clips") as c:
+        assert a.attrs["split"] == c.attrs["split"]

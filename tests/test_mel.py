@@ -1,4 +1,5 @@
 """Mel stage: librosa exactness per clip at 16 kHz and 22,050 Hz, the streamed mel.h5 store, silent clips."""
+
 from __future__ import annotations
 
 import json
@@ -11,17 +12,21 @@ import pytest
 import soundfile as sf
 import torch
 
-from deepfeat.ingest import ingest_dataset
-from deepfeat.io import CorruptOutputError, open_h5, read_clip_table, write_h5
-from deepfeat.mel import _RunningMoments, build_mel_store, melspectrogram_db, n_frames
+from deepfeat import config, workflow
+from deepfeat.config import ConfigError
+from deepfeat.data.ingest import ingest_dataset
+from deepfeat.data.mel import _RunningMoments, build_mel_store, melspectrogram_db, n_frames
+from deepfeat.formats.cliptable import read_clip_table
+from deepfeat.formats.files import CorruptOutputError, open_h5, write_h5
 
 TOL_DB = 1e-3
 
 
 def librosa_db(clip: np.ndarray, sr: int) -> np.ndarray:
     """The reference: librosa per clip, exactly as the method describes it."""
-    S = librosa.feature.melspectrogram(y=clip, sr=sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000,
-                                       pad_mode="constant")
+    S = librosa.feature.melspectrogram(
+        y=clip, sr=sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000, pad_mode="constant"
+    )
     return librosa.power_to_db(S, ref=np.max)
 
 
@@ -32,13 +37,15 @@ def test_clips(sr: int, seconds: float = 4.0) -> np.ndarray:
     t = np.arange(L) / sr
     click = np.zeros(L)
     click[L // 3] = 0.9
-    return np.stack([
-        0.5 * np.sin(2 * np.pi * 440 * t) * np.exp(-t) + 0.01 * rng.normal(size=L),
-        rng.normal(0, 0.2, L),
-        np.zeros(L),
-        1e-6 * np.sin(2 * np.pi * 300 * t) + 1e-8 * rng.normal(size=L),
-        click,
-    ]).astype(np.float32)
+    return np.stack(
+        [
+            0.5 * np.sin(2 * np.pi * 440 * t) * np.exp(-t) + 0.01 * rng.normal(size=L),
+            rng.normal(0, 0.2, L),
+            np.zeros(L),
+            1e-6 * np.sin(2 * np.pi * 300 * t) + 1e-8 * rng.normal(size=L),
+            click,
+        ]
+    ).astype(np.float32)
 
 
 test_clips.__test__ = False  # a helper, not a test
@@ -61,9 +68,21 @@ def test_matches_librosa_per_clip(sr, frames):
     assert (ours.min(axis=(1, 2)) >= -80.0).all()
     # the dB reference and floor are per clip: a batch gives what each clip alone gives
     np.testing.assert_array_equal(ours[3], melspectrogram_db(clips[3:4], sr)[0])
-    assert ours[3].max() == 0.0 and librosa.power_to_db(np.stack([librosa.feature.melspectrogram(
-        y=c, sr=sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000, pad_mode="constant") for c in clips[:4]]),
-        ref=np.max)[3].max() < -10  # librosa 0.11 on a batch: global max, the trap we avoid
+    assert (
+        ours[3].max() == 0.0
+        and librosa.power_to_db(
+            np.stack(
+                [
+                    librosa.feature.melspectrogram(
+                        y=c, sr=sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000, pad_mode="constant"
+                    )
+                    for c in clips[:4]
+                ]
+            ),
+            ref=np.max,
+        )[3].max()
+        < -10
+    )  # librosa 0.11 on a batch: global max, the trap we avoid
 
 
 def test_inputs_tensor_1d_and_sub_batches(monkeypatch):
@@ -74,14 +93,18 @@ def test_inputs_tensor_1d_and_sub_batches(monkeypatch):
     c = melspectrogram_db(clips[1], sr)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[1], c)
-    import deepfeat.mel as mel
+    import deepfeat.data.mel as mel
 
     monkeypatch.setitem(mel._WORK_BYTES, "cpu", 1)  # one clip per sub-batch: identical result
     np.testing.assert_array_equal(a, melspectrogram_db(clips, sr))
     # other parameters still librosa-exact
-    ref = librosa.power_to_db(librosa.feature.melspectrogram(y=clips[0], sr=sr, n_fft=512, hop_length=128,
-                                                              n_mels=40, fmax=4000, pad_mode="constant"),
-                              ref=np.max, top_db=60.0)
+    ref = librosa.power_to_db(
+        librosa.feature.melspectrogram(
+            y=clips[0], sr=sr, n_fft=512, hop_length=128, n_mels=40, fmax=4000, pad_mode="constant"
+        ),
+        ref=np.max,
+        top_db=60.0,
+    )
     np.testing.assert_allclose(melspectrogram_db(clips[:1], sr, 512, 128, 40, 4000, 60.0)[0], ref, atol=TOL_DB)
 
 
@@ -116,14 +139,25 @@ def _nsynth(root: Path) -> dict:
     for i, fam in enumerate(["brass", "flute", "guitar"] * 3):
         nid = f"{fam}_acoustic_{i:03d}-{50 + i:03d}-100"
         ex[nid] = {"instrument_family_str": fam, "instrument_source": 0, "pitch": 50 + i, "velocity": 100}
-        y = np.zeros_like(t) if i == 4 else 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.normal(size=t.size)
+        y = (
+            np.zeros_like(t)
+            if i == 4
+            else 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.normal(size=t.size)
+        )
         sf.write(root / "audio" / f"{nid}.wav", y.astype(np.float32), 16000)
     (root / "examples.json").write_text(json.dumps(ex))
-    return {"format": "nsynth", "sample_rate": 16000, "clip_seconds": 4.0,
-            "tasks": [{"name": "family", "type": "classification", "label": "instrument_family_str"},
-                      {"name": "pitch", "type": "regression", "label": "pitch"}],
-            "main_task": "family", "nsynth": {"instrument_sources": [0], "drop_families": []},
-            "split": {"method": "random", "test_fraction": 0.3, "seed": 0}}
+    return {
+        "format": "nsynth",
+        "sample_rate": 16000,
+        "clip_seconds": 4.0,
+        "tasks": [
+            {"name": "family", "type": "classification", "label": "instrument_family_str"},
+            {"name": "pitch", "type": "regression", "label": "pitch"},
+        ],
+        "main_task": "family",
+        "nsynth": {"instrument_sources": [0], "drop_families": []},
+        "split": {"method": "random", "test_fraction": 0.3, "seed": 0},
+    }
 
 
 def _recordings(root: Path) -> dict:
@@ -136,23 +170,37 @@ def _recordings(root: Path) -> dict:
         sf.write(root / f"r{i}.wav", y.astype(np.float32), 22050)
         lines.append(f"r{i}.wav,{comp}")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
-    return {"format": "recordings", "sample_rate": 22050, "clip_seconds": 4.0,
-            "recordings": {"metadata": "metadata.csv", "path_column": "path", "part_of_piece": True},
-            "tasks": [{"name": "composer", "type": "classification", "label": "composer"},
-                      {"name": "part", "type": "classification", "label": "part"}],
-            "main_task": "composer", "split": {"method": "random", "test_fraction": 0.3, "seed": 0}}
+    return {
+        "format": "recordings",
+        "sample_rate": 22050,
+        "clip_seconds": 4.0,
+        "recordings": {"metadata": "metadata.csv", "path_column": "path", "part_of_piece": True},
+        "tasks": [
+            {"name": "composer", "type": "classification", "label": "composer"},
+            {"name": "part", "type": "classification", "label": "part"},
+        ],
+        "main_task": "composer",
+        "split": {"method": "random", "test_fraction": 0.3, "seed": 0},
+    }
 
 
-PARAMS = {"n_mels": 128, "n_fft": 2048, "hop_length": 502, "fmax": 8000, "top_db": 80.0, "batch_size": 3,
-          "device": "auto"}
+PARAMS = {
+    "n_mels": 128,
+    "n_fft": 2048,
+    "hop_length": 502,
+    "fmax": 8000,
+    "top_db": 80.0,
+    "batch_size": 3,
+    "device": "auto",
+}
 
 
 @pytest.mark.parametrize("layout, frames", [("nsynth", 128), ("recordings", 176)])
 def test_mel_store(tmp_path, layout, frames):
     ds = (_nsynth if layout == "nsynth" else _recordings)(tmp_path / "src")
     clips, out = tmp_path / "clips.h5", tmp_path / "mel.h5"
-    ingest_dataset(tmp_path / "src", ds, "d", clips)
-    summary = build_mel_store(clips, out, PARAMS)
+    ingest_dataset(clips=clips, settings={"dataset": ds}, root=tmp_path / "src", dataset="d")
+    summary = build_mel_store(clips=clips, mel=out, settings={"mel": PARAMS})
     with open_h5(clips, "clips") as c, open_h5(out, "mel") as m:
         audio = c["audio"][:]
         sr = int(c.attrs["sample_rate"])
@@ -161,8 +209,22 @@ def test_mel_store(tmp_path, layout, frames):
         assert m["mel"].chunks == (1, 128, frames)
         assert summary["shape"] == list(mel.shape)
         a = dict(m["mel"].attrs)
-        for k in ("sr", "n_fft", "hop_length", "n_mels", "fmax", "window", "center", "pad_mode", "htk", "norm",
-                  "power", "ref", "amin", "top_db"):
+        for k in (
+            "sr",
+            "n_fft",
+            "hop_length",
+            "n_mels",
+            "fmax",
+            "window",
+            "center",
+            "pad_mode",
+            "htk",
+            "norm",
+            "power",
+            "ref",
+            "amin",
+            "top_db",
+        ):
             assert k in a, k
         assert a["sr"] == sr and a["hop_length"] == 502 and a["pad_mode"] == "constant" and a["norm"] == "slaney"
         assert m.attrs["sample_rate"] == sr
@@ -187,15 +249,45 @@ def test_mel_store(tmp_path, layout, frames):
 def test_mel_store_refuses_bad_input(tmp_path):
     ds = _nsynth(tmp_path / "src")
     clips = tmp_path / "clips.h5"
-    ingest_dataset(tmp_path / "src", ds, "d", clips)
-    with pytest.raises(ValueError, match="unknown keys.*'nmels'"):
-        build_mel_store(clips, tmp_path / "mel.h5", {**PARAMS, "nmels": 64})
+    ingest_dataset(clips=clips, settings={"dataset": ds}, root=tmp_path / "src", dataset="d")
+    with pytest.raises(ConfigError, match=r"mel\.nmels: unknown key"):
+        build_mel_store(clips=clips, mel=tmp_path / "mel.h5", settings={"mel": {**PARAMS, "nmels": 64}})
     with pytest.raises(CorruptOutputError, match="expected a deepfeat 'clips' file"):
         with write_h5(tmp_path / "other.h5", "mel") as f:
             f.create_dataset("audio", data=np.zeros((2, 10), np.float32))
-        build_mel_store(tmp_path / "other.h5", tmp_path / "mel.h5", PARAMS)
+        build_mel_store(clips=tmp_path / "other.h5", mel=tmp_path / "mel.h5", settings={"mel": PARAMS})
     with h5py.File(tmp_path / "half.h5", "w") as f:  # a killed ingest: no completion flag
         f.attrs["deepfeat_kind"] = "clips"
     with pytest.raises(CorruptOutputError, match="incomplete"):
-        build_mel_store(tmp_path / "half.h5", tmp_path / "mel.h5", PARAMS)
+        build_mel_store(clips=tmp_path / "half.h5", mel=tmp_path / "mel.h5", settings={"mel": PARAMS})
     assert not (tmp_path / "mel.h5").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The job's settings
+# ----------------------------------------------------------------------------------------------------------
+def test_mel_declares_its_settings_and_the_workflow_reads_them():
+    reads, tunes = ["n_mels", "n_fft", "hop_length", "fmax", "top_db"], ["batch_size", "device"]
+    assert build_mel_store.job.reads == {"mel": tuple(reads)} and build_mel_store.job.tunes == {"mel": tuple(tunes)}
+    assert workflow.job_spec("melspec") == {"reads": {"mel": reads}, "tunes": {"mel": tunes}}
+
+
+def test_defaults_are_the_schema_and_batch_size_changes_nothing(tmp_path):
+    """No settings = the schema's defaults; melspectrogram_db's None parameters are the same defaults; the batch
+    size (a tune) does not change a single value."""
+    ds = _recordings(tmp_path / "src")
+    clips = tmp_path / "clips.h5"
+    ingest_dataset(clips=clips, settings={"dataset": ds}, root=tmp_path / "src", dataset="d")
+    build_mel_store(clips=clips, mel=tmp_path / "a.h5", settings={})
+    build_mel_store(clips=clips, mel=tmp_path / "b.h5", settings={"mel": {"batch_size": 1, "device": "cpu"}})
+    d = config.defaults("mel")
+    with open_h5(tmp_path / "a.h5", "mel") as a, open_h5(tmp_path / "b.h5", "mel") as b, open_h5(clips) as c:
+        np.testing.assert_array_equal(a["mel"][:], b["mel"][:])
+        assert a.attrs["train_mean"] == b.attrs["train_mean"] and a.attrs["train_std"] == b.attrs["train_std"]
+        assert json.loads(a.attrs["mel_params"]) == json.loads(b.attrs["mel_params"])
+        for k in ("n_mels", "n_fft", "hop_length", "fmax", "top_db"):
+            assert a["mel"].attrs[k] == d[k], k
+        audio = c["audio"][:3]
+        np.testing.assert_array_equal(a["mel"][:3], melspectrogram_db(audio, 22050))
+        explicit = melspectrogram_db(audio, 22050, d["n_fft"], d["hop_length"], d["n_mels"], d["fmax"], d["top_db"])
+        np.testing.assert_array_equal(a["mel"][:3], explicit)

@@ -1,4 +1,5 @@
 """Architectures: the method's 18 parameter counts, conv3 shapes, regression heads, activation points, model files."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,30 +7,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepfeat.deform import DeformConv2d
-from deepfeat.io import CorruptOutputError
-from deepfeat.models import (
-    ARCHS,
-    CONV_ARCHS,
-    LAYERS,
-    build_model,
-    cpu_state,
-    layer_shapes,
-    load_model,
-    n_params,
-    save_model,
-)
+from deepfeat.formats.files import CorruptOutputError
+from deepfeat.formats.models import save_model
+from deepfeat.nets.deform import DeformConv2d
+from deepfeat.nets.models import ARCHS, CONV_ARCHS, LAYERS, build_model, cpu_state, layer_shapes, load_model, n_params
 
-# method.md: (n_classes, T) -> parameter count per architecture
+# docs/method.md: (n_classes, T) -> parameter count per architecture
 COUNTS = {
-    "nsynth": (8, 128, {"Regular": 79_118, "Deformable": 160_138, "Dilated": 151_118, "1dF": 2_770_118,
-                        "1dT": 2_770_118, "FeedForward": 1_967_408}),
-    "composer": (5, 176, {"Regular": 107_555, "Deformable": 202_975, "Dilated": 215_555, "1dF": 3_806_555,
-                          "1dT": 4_152_155, "FeedForward": 2_704_325}),
-    "beethoven": (10, 176, {"Regular": 108_160, "Deformable": 203_580, "Dilated": 216_160, "1dF": 3_807_160,
-                            "1dT": 4_152_760, "FeedForward": 2_704_930}),
+    "nsynth": (
+        8,
+        128,
+        {
+            "Regular": 79_118,
+            "Deformable": 160_138,
+            "Dilated": 151_118,
+            "1dF": 2_770_118,
+            "1dT": 2_770_118,
+            "FeedForward": 1_967_408,
+        },
+    ),
+    "composer": (
+        5,
+        176,
+        {
+            "Regular": 107_555,
+            "Deformable": 202_975,
+            "Dilated": 215_555,
+            "1dF": 3_806_555,
+            "1dT": 4_152_155,
+            "FeedForward": 2_704_325,
+        },
+    ),
+    "beethoven": (
+        10,
+        176,
+        {
+            "Regular": 108_160,
+            "Deformable": 203_580,
+            "Dilated": 216_160,
+            "1dF": 3_807_160,
+            "1dT": 4_152_760,
+            "FeedForward": 2_704_930,
+        },
+    ),
 }
-CONV3 = {  # method.md: conv3 output for T=128 and T=176
+CONV3 = {  # docs/method.md: conv3 output for T=128 and T=176
     "Regular": ((30, 4, 4), (30, 4, 6)),
     "Deformable": ((30, 6, 6), (30, 6, 8)),
     "Dilated": ((30, 6, 6), (30, 6, 9)),
@@ -109,7 +131,9 @@ def test_activation_points(arch):
         raw = m.activations(x, LAYERS, "raw")
         act = m.activations(x, LAYERS, "activated")
         c1 = F.conv2d(x, m.conv1.weight, m.conv1.bias, m.conv1.stride, m.conv1.padding, m.conv1.dilation)
-        a1 = F.relu(F.batch_norm(c1, m.bn1.running_mean, m.bn1.running_var, m.bn1.weight, m.bn1.bias, False, 0.0, m.bn1.eps))
+        a1 = F.relu(
+            F.batch_norm(c1, m.bn1.running_mean, m.bn1.running_var, m.bn1.weight, m.bn1.bias, False, 0.0, m.bn1.eps)
+        )
         p1 = F.max_pool2d(a1, m.pool1.kernel_size)
         c2 = F.conv2d(p1, m.conv2.weight, m.conv2.bias, m.conv2.stride, m.conv2.padding, m.conv2.dilation)
         a2 = F.relu(m.bn2(c2))
@@ -162,8 +186,14 @@ def test_save_and_load_model(tmp_path):
     with torch.no_grad():
         for p in m.parameters():
             p.add_(1.0)
-    meta = {"arch": "Deformable", "input_shape": [1, 64, 64], "n_outputs": 4, "seed": 3, "train_mean": -40.0,
-            "train_std": 10.0}
+    meta = {
+        "arch": "Deformable",
+        "input_shape": [1, 64, 64],
+        "n_outputs": 4,
+        "seed": 3,
+        "train_mean": -40.0,
+        "train_std": 10.0,
+    }
     save_model(tmp_path / "m.pt", meta, init, cpu_state(m))
     trained, meta2 = load_model(tmp_path / "m.pt", "trained")
     untrained, _ = load_model(tmp_path / "m.pt", "untrained")
@@ -178,3 +208,29 @@ def test_save_and_load_model(tmp_path):
         load_model(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="which"):
         load_model(tmp_path / "m.pt", "final")
+    with pytest.raises(ValueError, match="meta lacks 'n_outputs'"):
+        save_model(tmp_path / "x.pt", {"arch": "Regular", "input_shape": [1, 64, 64]}, init, init)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_agreed_names_are_importable_from_the_subpackages():
+    import deepfeat.nets as nets
+    from deepfeat.nets import activations, deform, extract, models
+
+    for name in (
+        "ARCHS",
+        "CONV_ARCHS",
+        "CONV_LAYERS",
+        "LAYERS",
+        "POINTS",
+        "build_model",
+        "load_model",
+        "layer_shapes",
+        "n_params",
+    ):
+        assert getattr(nets, name) is getattr(models, name), name
+    for name in ("layer_activations", "standardise_input"):
+        assert getattr(nets, name) is getattr(activations, name), name
+    assert nets.extract_features is extract.extract_features
+    for name in ("DeformConv2d", "deform_conv2d", "conv_out_size"):
+        assert getattr(nets, name) is getattr(deform, name), name

@@ -1,4 +1,5 @@
 """Decoding probes: exactness of the SGD protocol and of OLS, standardisation, and the tidy output tables."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,59 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_fake_mel
 from torch.utils.data import DataLoader, TensorDataset
 
-import deepfeat.probe as probe
-from deepfeat.io import write_h5
-from deepfeat.probe import (CONFUSION_COLUMNS, SCORE_COLUMNS, fit_linear, fit_logistic, fit_logistic_many,
-                            gram_matrix, init_linear, logistic_costs, probe_deep, probe_handcrafted, standardise)
-from conftest import write_fake_mel
+from deepfeat import config, workflow
+from deepfeat.formats.files import write_h5
+from deepfeat.formats.tables import CONFUSION_COLUMNS, PROBE_COLUMNS
+from deepfeat.probe import (
+    RIDGE_GRID,
+    fit_linear,
+    fit_logistic,
+    fit_logistic_many,
+    gram_matrix,
+    init_linear,
+    linear,
+    loading,
+    logistic_costs,
+    pipeline,
+    probe_deep,
+    probe_handcrafted,
+    standardisation,
+    standardise,
+)
 
 FAST = {"epochs": 100, "seeds": [0, 1], "device": "cpu", "ridge": 1.0e-3}
+
+
+def run_handcrafted(folder, params, log=None, out=None):
+    """probe_handcrafted on folder/{handcrafted,mel}.h5, tables written under ``out`` (default folder/out)."""
+    out = folder / "out" if out is None else out
+    return probe_handcrafted(
+        features=folder / "handcrafted.h5",
+        mel=folder / "mel.h5",
+        scores=out / "handcrafted.csv",
+        confusion=out / "handcrafted.confusion.csv",
+        settings={"probe": params},
+        dataset="toy",
+        log=log,
+    )
+
+
+def run_deep(folder, params, log=None, deep="seed10.h5", out=None):
+    """probe_deep on folder/<deep> with folder/{handcrafted,mel}.h5, tables written under ``out``."""
+    out = folder / "out" if out is None else out
+    return probe_deep(
+        deep=folder / deep,
+        features=folder / "handcrafted.h5",
+        mel=folder / "mel.h5",
+        scores=out / "deep.csv",
+        confusion=out / "deep.confusion.csv",
+        settings={"probe": params},
+        dataset="toy",
+        log=log,
+    )
 
 
 def blobs(n, d, n_classes, sep, seed):
@@ -51,8 +96,12 @@ def reference_sgd(Z, y, n_classes, seed, epochs):
         lin.weight.copy_(w)
         lin.bias.copy_(b)
     opt = torch.optim.SGD(lin.parameters(), lr=0.01, momentum=0.9)
-    dl = DataLoader(TensorDataset(torch.from_numpy(Z), torch.from_numpy(y)), batch_size=64, shuffle=True,
-                    generator=torch.Generator().manual_seed(seed))
+    dl = DataLoader(
+        TensorDataset(torch.from_numpy(Z), torch.from_numpy(y)),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     for _ in range(epochs):
         for xb, yb in dl:
             opt.zero_grad()
@@ -92,8 +141,15 @@ def test_dual_form_equals_primal_form_for_batched_tasks_features_and_seeds():
     Xs = [rng.normal(size=(n, d)).astype(np.float32) for _ in range(2)]
     Xs[0][:, :60] += np.repeat(np.eye(3, dtype=np.float32)[Y[0]], 20, axis=1)  # something to learn for task 0
     Z = [standardise(x[:70], x[70:]) for x in Xs]
-    args = ([z[0] for z in Z], Y[:, :70], [z[1] for z in Z], Y[:, 70:], [3, 5, 2], [0, 9],
-            {"epochs": 20, "device": "cpu"})
+    args = (
+        [z[0] for z in Z],
+        Y[:, :70],
+        [z[1] for z in Z],
+        Y[:, 70:],
+        [3, 5, 2],
+        [0, 9],
+        {"epochs": 20, "device": "cpu"},
+    )
     pri = fit_logistic_many(*args, form="primal")
     dua = fit_logistic_many(*args, form="dual")
     assert (pri["form"], dua["form"], fit_logistic_many(*args)["form"]) == ("primal", "dual", "dual")
@@ -134,7 +190,7 @@ def test_form_choice_by_estimated_cost():
 
 @pytest.mark.parametrize("n", [7, 1100])  # one block of rows, and several (the mirrored triangle in blocks)
 def test_gram_matrix_over_column_blocks(monkeypatch, n):
-    monkeypatch.setattr(probe, "BLOCK_BYTES", 1)  # blocks of 256 columns: 3 blocks
+    monkeypatch.setattr(standardisation, "BLOCK_BYTES", 1)  # blocks of 256 columns: 3 blocks
     Z = np.random.default_rng(n).normal(size=(n, 700)).astype(np.float32)
     ref = Z.astype(np.float64) @ Z.astype(np.float64).T
     K64, K32 = gram_matrix(Z), gram_matrix(torch.from_numpy(Z), torch.float32)
@@ -216,7 +272,7 @@ def _np_ols_pred(Xtr, ytr, Xte):
 @pytest.mark.parametrize("path", ["gelsd", "normal_equations"])
 def test_ols_equals_numpy_lstsq(monkeypatch, path):
     if path == "normal_equations":
-        monkeypatch.setattr(probe, "LSTSQ_BYTES", 0)
+        monkeypatch.setattr(linear, "LSTSQ_BYTES", 0)
     rng = np.random.default_rng(6)
     X = rng.normal(size=(90, 6)).astype(np.float32)
     X[:, 4] = 2.5  # constant column, and a duplicated one: rank deficient, predictions are still unique
@@ -296,17 +352,17 @@ def test_ridge_auto_loo_equals_brute_force_leave_one_out(p):
     X = rng.normal(size=(20, p)).astype(np.float32)
     Y = np.column_stack([2 * X[:, 0] + rng.normal(0, 0.5, 20), rng.normal(50, 10, 20)])
     r = fit_linear(X[:14], Y[:14], X[14:], Y[14:], ridge="auto")
-    assert r["method"] == "ridge_loo" and r["form"] == "dual" and r["loo_mse"].shape == (len(probe.RIDGE_GRID), 2)
+    assert r["method"] == "ridge_loo" and r["form"] == "dual" and r["loo_mse"].shape == (len(RIDGE_GRID), 2)
     Xc = X[:14].astype(np.float64) - X[:14].mean(0, dtype=np.float64)
-    np.testing.assert_allclose(r["ridge_grid"], probe.RIDGE_GRID * np.trace(Xc @ Xc.T) / 14, rtol=1e-12)
-    for g in range(0, len(probe.RIDGE_GRID), 4):
+    np.testing.assert_allclose(r["ridge_grid"], RIDGE_GRID * np.trace(Xc @ Xc.T) / 14, rtol=1e-12)
+    for g in range(0, len(RIDGE_GRID), 4):
         for k in range(2):
             ref = _brute_loo_mse(X[:14], Y[:14, k], r["ridge_grid"][g])
             assert r["loo_mse"][g, k] == pytest.approx(ref, rel=1e-8)
     for k in range(2):  # the chosen penalty is the LOO minimiser, and the fit is that ridge
         g = int(np.argmin(r["loo_mse"][:, k]))
         lam = r["ridge_grid"][g]
-        assert r["ridge_used"][k] == lam and r["ridge_rel"][k] == probe.RIDGE_GRID[g]
+        assert r["ridge_used"][k] == lam and r["ridge_rel"][k] == RIDGE_GRID[g]
         beta = np.linalg.solve(Xc.T @ Xc + lam * np.eye(p), Xc.T @ (Y[:14, k] - Y[:14, k].mean()))
         ref = (X[14:] - X[:14].mean(0, dtype=np.float64)) @ beta + Y[:14, k].mean()
         np.testing.assert_allclose(r["pred"][:, k], ref, rtol=1e-8, atol=1e-8)
@@ -355,7 +411,7 @@ def test_ridge_auto_primal_and_given_gram_paths_equal_the_dual(monkeypatch):
     Ztr, Zte = standardise(X[:60], X[60:])
     dual = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto")
     given = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto", gram=gram_matrix(Ztr))
-    monkeypatch.setattr(probe, "GRAM_BYTES", 0)  # n_train x n_train "too large": p x p covariance form
+    monkeypatch.setattr(linear, "GRAM_BYTES", 0)  # n_train x n_train "too large": p x p covariance form
     primal = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto")
     assert (dual["form"], given["form"], primal["form"]) == ("dual", "dual", "primal")
     for other in (given, primal):
@@ -365,11 +421,12 @@ def test_ridge_auto_primal_and_given_gram_paths_equal_the_dual(monkeypatch):
 
 
 def test_ridge_parameter_validation():
-    assert probe.probe_params({"ridge": "auto"})["ridge"] == "auto"
-    assert probe.probe_params({"ridge": 0})["ridge"] == 0
+    assert config.settings("probe", {"ridge": "auto"}, ["ridge"])["ridge"] == "auto"
+    assert config.settings("probe", {"ridge": 0}, ["ridge"])["ridge"] == 0
+    assert config.settings("probe", {}, ["ridge"])["ridge"] == "auto"  # the schema's default
     for bad in ("Auto", -1.0, None, True):
-        with pytest.raises(ValueError, match=r"probe.ridge: expected a number >= 0 or 'auto'"):
-            probe.probe_params({"ridge": bad})
+        with pytest.raises(config.ConfigError, match=r"^probe\.ridge: "):
+            config.settings("probe", {"ridge": bad}, ["ridge"])
     X = np.zeros((5, 2), np.float32)
     with pytest.raises(ValueError, match="ridge: expected a number >= 0 or 'auto'"):
         fit_linear(X, np.arange(5.0), X, np.arange(5.0), ridge="gcv")
@@ -403,11 +460,13 @@ def write_handcrafted(path, meta, seed=0):
                 X[:, 3] = meta["pitch"].to_numpy() / 10 + rng.normal(0, 0.1, len(meta))
             X[:, -1] = 1.0  # a constant column everywhere: must not produce NaN
             ds = g.create_dataset(hc_key(name), data=X.astype(np.float32))
-            ds.attrs.update({"name": name, "definition": "synthetic", "params": "{}", "dim": d,
-                             "shape": json.dumps([d])})
+            ds.attrs.update(
+                {"name": name, "definition": "synthetic", "params": "{}", "dim": d, "shape": json.dumps([d])}
+            )
 
 
-def write_deep(path, meta, widths={"conv1": 70, "pool1": 40, "conv3": 6}, seed=0):
+def write_deep(path, meta, widths=None, seed=0):
+    widths = {"conv1": 70, "pool1": 40, "conv3": 6} if widths is None else widths
     rng = np.random.default_rng(seed)
     codes = np.arange(len(meta)) % 3
     with write_h5(path, "deep") as f:
@@ -451,12 +510,17 @@ def test_probe_handcrafted_tidy_tables(stage_files):
     tmp, meta = stage_files
     n_test = int((meta["split"] == 1).sum())
     log, lines = list_logger("test_probe.handcrafted")
-    scores, conf = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy", log)
+    scores, conf = run_handcrafted(tmp, FAST, log)
     # one progress line per probe: feature, task, seconds, score
-    assert sum(bool(re.match(r"probe .+ \| task family \| seed [01] \| [\d.]+ s .*accuracy train [\d.]+ test", x))
-               for x in lines) == 5 * 2
+    assert (
+        sum(
+            bool(re.match(r"probe .+ \| task family \| seed [01] \| [\d.]+ s .*accuracy train [\d.]+ test", x))
+            for x in lines
+        )
+        == 5 * 2
+    )
     assert sum(x.startswith("probe ") and "task pitch" in x and "OLS" in x for x in lines) == 5
-    assert list(scores.columns) == SCORE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
+    assert list(scores.columns) == PROBE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
     # 5 features x (family: 2 seeds x 2 splits + pitch: 1 x 2 splits)
     assert len(scores) == 5 * (2 * 2 + 2)
     assert set(scores["feature"]) == set(HC) and (scores["dataset"] == "toy").all()
@@ -482,26 +546,36 @@ def test_probe_handcrafted_tidy_tables(stage_files):
     pd.testing.assert_series_equal(diag.sort_index(), test_acc.sort_index(), check_names=False, check_index_type=False)
 
 
-
 def test_probe_handcrafted_ridge_auto_logs_the_grid_and_the_choice(stage_files):
     tmp, _ = stage_files
     log, lines = list_logger("test_probe.handcrafted_auto")
-    scores, _ = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", {**FAST, "seeds": [0], "ridge": "auto"},
-                                  "toy", log)
+    scores, _ = run_handcrafted(tmp, {**FAST, "seeds": [0], "ridge": "auto"}, log)
     assert sum("leave-one-out" in x and "1.000e-06" in x and "1.000e+03" in x for x in lines) == 1
-    assert sum(bool(re.match(r"probe .+ \| task pitch \| .*dual ridge, penalty [\d.e+-]+ = [\d.e+-]+.* x trace"
-                             r"\(K\)/n by leave-one-out \(LOO rmse [\d.]+\)", x)) for x in lines) == 5
+    assert (
+        sum(
+            bool(
+                re.match(
+                    r"probe .+ \| task pitch \| .*dual ridge, penalty [\d.e+-]+ = [\d.e+-]+.* x trace"
+                    r"\(K\)/n by leave-one-out \(LOO rmse [\d.]+\)",
+                    x,
+                )
+            )
+            for x in lines
+        )
+        == 5
+    )
     rm = scores[(scores["metric"] == "rmse") & (scores["split"] == "test")].set_index("feature")["value"]
     assert rm["Mean Wavelet (25)"] < 0.5 * rm["Random"] and np.isfinite(rm).all()
+
 
 def test_probe_deep_tidy_tables_and_concatenation(stage_files):
     tmp, meta = stage_files
     n_train = int((meta["split"] == 0).sum())
     params = {**FAST, "concat_features": ["Time to -70 dB", "Mean Wavelet (25)"]}
     log, lines = list_logger("test_probe.deep")
-    scores, conf = probe_deep(tmp / "seed10.h5", tmp / "handcrafted.h5", tmp / "mel.h5", params, "toy", log)
+    scores, conf = run_deep(tmp, params, log)
     assert sum("Regular conv1" in x and "task pitch" in x and "dual ridge" in x for x in lines) == 2
-    assert list(scores.columns) == SCORE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
+    assert list(scores.columns) == PROBE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
     layer_rows = scores[~scores["feature"].str.contains(r"\+")]
     # 3 layers x 2 (trained/untrained) x 2 tasks x 2 splits, probe seed = model seed
     assert len(layer_rows) == 3 * 2 * 2 * 2
@@ -532,11 +606,10 @@ def test_probe_deep_dual_and_primal_forms_give_the_same_tables(tmp_path, monkeyp
     write_handcrafted(tmp_path / "handcrafted.h5", meta)
     write_deep(tmp_path / "seed10.h5", meta, widths={"conv3": 30, "conv1": 70, "pool1": 6})
     params = {**FAST, "epochs": 30, "concat_features": ["Time to -70 dB", "Mean Wavelet (25)"]}
-    files = (tmp_path / "seed10.h5", tmp_path / "handcrafted.h5", tmp_path / "mel.h5", params, "toy")
     log, lines = list_logger("test_probe.forms")
-    auto = probe_deep(*files, log)
-    monkeypatch.setattr(probe, "FORM", "primal")
-    primal = probe_deep(*files)
+    auto = run_deep(tmp_path, params, log)
+    monkeypatch.setattr(pipeline, "FORM", "primal")
+    primal = run_deep(tmp_path, params)
     formed = [x for x in lines if x.startswith("trained ")]
     assert sum("width 6 " in x and "primal form" in x for x in formed) == 1
     assert sum("width 70 " in x and "dual form" in x for x in formed) == 1
@@ -549,13 +622,24 @@ def test_probe_deep_dual_and_primal_forms_give_the_same_tables(tmp_path, monkeyp
     assert np.array_equal(auto[0].loc[acc, "value"], primal[0].loc[acc, "value"])
     np.testing.assert_allclose(auto[0].loc[~acc, "value"], primal[0].loc[~acc, "value"], rtol=1e-9)
     import h5py
+
     split = meta["split"].to_numpy()
     with h5py.File(tmp_path / "seed10.h5") as f, h5py.File(tmp_path / "handcrafted.h5") as g:
-        blocks = [standardise(x[split == 0], x[split == 1]) for x in (f["trained/conv3"][:],
-                                                                     g["features"][hc_key("Mean Wavelet (25)")][:])]
+        blocks = [
+            standardise(x[split == 0], x[split == 1])
+            for x in (f["trained/conv3"][:], g["features"][hc_key("Mean Wavelet (25)")][:])
+        ]
     y = np.arange(60) % 3
-    direct = fit_logistic_many(np.hstack([b[0] for b in blocks]), y[split == 0], np.hstack([b[1] for b in blocks]),
-                               y[split == 1], [3], [10], params, form="primal")
+    direct = fit_logistic_many(
+        np.hstack([b[0] for b in blocks]),
+        y[split == 0],
+        np.hstack([b[1] for b in blocks]),
+        y[split == 1],
+        [3],
+        [10],
+        params,
+        form="primal",
+    )
     s = auto[0].set_index(["feature", "split"])
     assert s.loc[("Regular conv3 + Mean Wavelet (25)", "test"), "value"] == direct["test_acc"][0, 0, 0]
     assert s.loc[("Regular conv3 + Mean Wavelet (25)", "train"), "value"] == direct["train_acc"][0, 0, 0]
@@ -564,48 +648,149 @@ def test_probe_deep_dual_and_primal_forms_give_the_same_tables(tmp_path, monkeyp
 def test_bad_concat_name_lists_available_features(stage_files):
     tmp, _ = stage_files
     params = {**FAST, "concat_features": ["Mean Power"]}
-    with pytest.raises(ValueError, match=r"\['Mean Power'\] not found.*available display names.*Mean Power \(frequency\)"):
-        probe_deep(tmp / "seed10.h5", tmp / "handcrafted.h5", tmp / "mel.h5", params, "toy")
+    with pytest.raises(
+        ValueError, match=r"\['Mean Power'\] not found.*available display names.*Mean Power \(frequency\)"
+    ):
+        run_deep(tmp, params)
 
 
 def test_misaligned_features_are_rejected(tmp_path):
     _, meta = write_fake_mel(tmp_path / "mel.h5", n=60, n_mels=8, n_frames=8)
     write_handcrafted(tmp_path / "handcrafted.h5", meta.iloc[:50])
-    with pytest.raises(ValueError, match=r"features/\w+ has shape \(50, \d+\); expected \(60, d\)"):
-        probe_handcrafted(tmp_path / "handcrafted.h5", tmp_path / "mel.h5", FAST, "toy")
+    with pytest.raises(ValueError, match=r"features/\w+ has shape \(50, \d+\); expected \(60 clips x d\)"):
+        run_handcrafted(tmp_path, FAST)
 
 
 def test_snakemake_scripts_write_the_tables(stage_files):
-    """The thin rule scripts: read snakemake.input/params/log, write both CSVs atomically."""
+    """The thin rule scripts: run_job unpacks snakemake.input/output/wildcards/params/resources/log (the settings
+    and tuning the workflow derives from a config for the rule), the job writes both CSVs atomically."""
     import runpy
     from pathlib import Path
     from types import SimpleNamespace
 
+    from snakemake.iocontainers import Namedlist
+
     tmp, _ = stage_files
     scripts = Path(__file__).resolve().parents[1] / "scripts"
-    params = SimpleNamespace(probe={**FAST, "seeds": [3], "concat_features": ["Random"]}, dataset="toy", code="x")
+    cfg = {"probe": {**FAST, "seeds": [3], "concat_features": ["Random"]}}
     runs = {
-        "probe_handcrafted": SimpleNamespace(features=str(tmp / "handcrafted.h5"), mel=str(tmp / "mel.h5")),
-        "probe_deep": SimpleNamespace(deep=str(tmp / "seed10.h5"), features=str(tmp / "handcrafted.h5"),
-                                      mel=str(tmp / "mel.h5")),
+        "probe_handcrafted": (
+            {"features": str(tmp / "handcrafted.h5"), "mel": str(tmp / "mel.h5")},
+            {"dataset": "toy"},
+        ),
+        "probe_deep": (
+            {"deep": str(tmp / "seed10.h5"), "features": str(tmp / "handcrafted.h5"), "mel": str(tmp / "mel.h5")},
+            {"dataset": "toy", "task": "family", "conv_arch": "Regular", "seed": "10"},
+        ),
     }
-    for name, inputs in runs.items():
-        out = SimpleNamespace(scores=str(tmp / name / "s.csv"), confusion=str(tmp / name / "s.confusion.csv"))
-        smk = SimpleNamespace(input=inputs, output=out, params=params, log=[str(tmp / f"{name}.log")])
+    for name, (inputs, wildcards) in runs.items():
+        out = {"scores": str(tmp / name / "s.csv"), "confusion": str(tmp / name / "s.confusion.csv")}
+        smk = SimpleNamespace(
+            input=Namedlist(fromdict=inputs),
+            output=Namedlist(fromdict=out),
+            wildcards=Namedlist(fromdict=wildcards),
+            params=Namedlist(fromdict={"settings": workflow.rule_settings(cfg, name), "code": "x"}),
+            resources=SimpleNamespace(tuning=workflow.rule_tuning(cfg, name)),
+            log=[str(tmp / f"{name}.log")],
+            rule=name,
+        )
         runpy.run_path(str(scripts / f"{name}.py"), init_globals={"snakemake": smk})
-        scores = pd.read_csv(out.scores, keep_default_na=False)
-        conf = pd.read_csv(out.confusion, keep_default_na=False)
-        assert list(scores.columns) == SCORE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
+        scores = pd.read_csv(out["scores"], keep_default_na=False)
+        conf = pd.read_csv(out["confusion"], keep_default_na=False)
+        assert list(scores.columns) == PROBE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
         assert len(scores) > 0 and len(conf) > 0
         assert "| task family |" in (tmp / f"{name}.log").read_text()
+        assert not list((tmp / name).glob(".*"))  # no temporary files left
     assert "Regular conv3 + Random" in set(scores["feature"])
+    assert set(scores.loc[scores["metric"] == "accuracy", "probe_seed"]) == {"10"}  # the model seed
+
+
+def test_jobs_write_the_tables_they_return(stage_files):
+    tmp, _ = stage_files
+    for run, stem in ((run_handcrafted, "handcrafted"), (run_deep, "deep")):
+        frames = run(tmp, {**FAST, "seeds": [0], "concat_features": ["Random"]})
+        for frame, path in zip(frames, (tmp / "out" / f"{stem}.csv", tmp / "out" / f"{stem}.confusion.csv")):
+            back = pd.read_csv(path, keep_default_na=False)
+            expect = frame.astype(str).reset_index(drop=True)
+            pd.testing.assert_frame_equal(back.astype(str), expect)
+
+
+def test_job_declarations_and_unknown_settings():
+    """The declared reads/tunes (what the workflow passes and watches); unknown keys are refused by name."""
+    assert workflow.job_spec("probe_handcrafted") == {
+        "reads": {"probe": ["epochs", "lr", "momentum", "batch_size", "seeds", "ridge"]},
+        "tunes": {"probe": ["device"]},
+    }
+    assert workflow.job_spec("probe_deep") == {
+        "reads": {"probe": ["epochs", "lr", "momentum", "batch_size", "ridge", "concat_features"]},
+        "tunes": {"probe": ["device"]},
+    }
+    spec = probe_deep.job.resolve({"probe": {"epochs": 3}})
+    assert spec["probe"]["epochs"] == 3 and spec["probe"]["ridge"] == config.default("probe", "ridge")
+    assert set(spec["probe"]) == {"epochs", "lr", "momentum", "batch_size", "ridge", "concat_features", "device"}
+    with pytest.raises(config.ConfigError, match=r"probe\.epoch: unknown key"):
+        probe_handcrafted(
+            features="f.h5",
+            mel="m.h5",
+            scores="s.csv",
+            confusion="c.csv",
+            settings={"probe": {"epoch": 3}},
+            dataset="toy",
+        )
+    with pytest.raises(config.ConfigError, match=r"probe\.seed: unknown key"):
+        probe_deep(
+            deep="d.h5",
+            features="f.h5",
+            mel="m.h5",
+            scores="s.csv",
+            confusion="c.csv",
+            settings={"probe": {"seed": 3}},
+            dataset="toy",
+        )
+    with pytest.raises(config.ConfigError, match=r"probe\.epochs: 0 is less than the minimum of 1"):
+        probe_handcrafted(
+            features="f.h5",
+            mel="m.h5",
+            scores="s.csv",
+            confusion="c.csv",
+            settings={"probe": {"epochs": 0}},
+            dataset="toy",
+        )
+    X, y = blobs(40, 3, 2, 1.0, 0)
+    for call in (
+        lambda: logistic_costs(40, 10, 3, [2], 1, {"batchsize": 8}),
+        lambda: fit_logistic_many(X, y, X, y, [2], [0], {"momentum": 0.9, "lrate": 0.1}),
+    ):
+        with pytest.raises(config.ConfigError, match="unknown key"):
+            call()
+
+
+def test_duplicate_probe_seeds_are_rejected(stage_files):
+    tmp, _ = stage_files
+    with pytest.raises(config.ConfigError, match=r"probe\.seeds: .* non-unique"):
+        run_handcrafted(tmp, {**FAST, "seeds": [1, 1]})
+
+
+def test_library_defaults_come_from_the_schema():
+    """params None / missing keys and ridge None take the probe section's schema defaults."""
+    X, y = blobs(80, 4, 3, 2.0, 1)
+    Z, Zte = standardise(X[:60], X[60:])
+    given = config.settings("probe", {"device": "cpu"}, ["epochs", "lr", "momentum", "batch_size", "device"])
+    a = fit_logistic_many(Z, y[:60], Zte, y[60:], [3], [0], None, device="cpu")
+    b = fit_logistic_many(Z, y[:60], Zte, y[60:], [3], [0], given)
+    assert torch.equal(a["weight"], b["weight"]) and given["epochs"] == config.default("probe", "epochs")
+    assert logistic_costs(60, 20, 4, [3], 1, None) == logistic_costs(60, 20, 4, [3], 1, given)
+    t = X[:, 0].astype(np.float64)
+    auto = fit_linear(X[:60], t[:60], X[60:], t[60:])
+    assert config.default("probe", "ridge") == "auto" and auto["method"] == "ridge_loo"
+    np.testing.assert_array_equal(auto["pred"], fit_linear(X[:60], t[:60], X[60:], t[60:], ridge="auto")["pred"])
 
 
 def test_tables_do_not_depend_on_grouping(stage_files, monkeypatch):
     tmp, _ = stage_files
-    a = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy")
-    monkeypatch.setattr(probe, "GROUP_BYTES", 0)  # every feature trained as its own model
-    b = probe_handcrafted(tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy")
+    a = run_handcrafted(tmp, FAST)
+    monkeypatch.setattr(loading, "GROUP_BYTES", 0)  # every feature trained as its own model
+    b = run_handcrafted(tmp, FAST)
     for x, y in zip(a, b):
         pd.testing.assert_frame_equal(x, y)
     assert list(a[0]["feature"].drop_duplicates()) == sorted(HC, key=hc_key)  # the file's order
@@ -615,4 +800,4 @@ def test_deep_file_whose_seed_contradicts_its_name_is_rejected(stage_files):
     tmp, _ = stage_files
     (tmp / "seed10.h5").rename(tmp / "seed1.h5")
     with pytest.raises(ValueError, match=r"seed1\.h5: root attr seed=10 contradicts the file name"):
-        probe_deep(tmp / "seed1.h5", tmp / "handcrafted.h5", tmp / "mel.h5", FAST, "toy")
+        run_deep(tmp, FAST, deep="seed1.h5")

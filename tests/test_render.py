@@ -1,4 +1,5 @@
-"""Built-in demo data (deepfeat.render): NSynth layout, recordings layouts, determinism, levels, ingest."""
+"""Built-in demo data (deepfeat.data.render): NSynth layout, recordings layouts, determinism, levels, ingest."""
+
 from __future__ import annotations
 
 import copy
@@ -12,24 +13,58 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-from snakemake.utils import validate
 
-from deepfeat import render as R
-from deepfeat.ingest import ingest_dataset
-from deepfeat.io import open_h5, read_clip_table
+from deepfeat import config, workflow
+from deepfeat.config import ConfigError
+from deepfeat.data import render as R
+from deepfeat.data.ingest import ingest_dataset
+from deepfeat.formats.cliptable import read_clip_table
+from deepfeat.formats.files import open_h5
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "schemas" / "config.schema.yaml"
-NSYNTH_FIELDS = {"note", "note_str", "instrument", "instrument_str", "instrument_family", "instrument_family_str",
-                 "instrument_source", "instrument_source_str", "pitch", "velocity", "sample_rate", "qualities",
-                 "qualities_str"}
+NSYNTH_FIELDS = {
+    "note",
+    "note_str",
+    "instrument",
+    "instrument_str",
+    "instrument_family",
+    "instrument_family_str",
+    "instrument_source",
+    "instrument_source_str",
+    "pitch",
+    "velocity",
+    "sample_rate",
+    "qualities",
+    "qualities_str",
+}
 
-NOTES = {"kind": "notes", "seed": 1, "soundfont": None, "programs_per_family": 1, "notes_per_program": 4,
-         "velocities": [25, 50, 75, 100, 127], "hold_seconds": 3.0, "release_seconds": 1.0}
-SCORES = {"kind": "scores", "seed": 2, "soundfont": None, "composers": ["bach", "palestrina"],
-          "works_per_composer": 1, "max_seconds_per_work": 12}
-ENSEMBLES = {"kind": "ensembles", "seed": 3, "soundfont": None, "composer": "bach", "works": 2,
-             "max_seconds_per_work": 12, "ensembles": 2}
+NOTES = {
+    "kind": "notes",
+    "seed": 1,
+    "soundfont": None,
+    "programs_per_family": 1,
+    "notes_per_program": 4,
+    "velocities": [25, 50, 75, 100, 127],
+    "hold_seconds": 3.0,
+    "release_seconds": 1.0,
+}
+SCORES = {
+    "kind": "scores",
+    "seed": 2,
+    "soundfont": None,
+    "composers": ["bach", "palestrina"],
+    "works_per_composer": 1,
+    "max_seconds_per_work": 12,
+}
+ENSEMBLES = {
+    "kind": "ensembles",
+    "seed": 3,
+    "soundfont": None,
+    "composer": "bach",
+    "works": 2,
+    "max_seconds_per_work": 12,
+    "ensembles": 2,
+}
 
 
 def default_dataset(name: str, render: dict) -> dict:
@@ -37,9 +72,18 @@ def default_dataset(name: str, render: dict) -> dict:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     ds = copy.deepcopy(cfg["datasets"][name])
     ds["render"] = copy.deepcopy(render)
-    wrapped = {"datasets": {name: ds}}
-    validate(wrapped, str(SCHEMA))
-    return wrapped["datasets"][name]
+    return config.validate({"datasets": {name: ds}})["datasets"][name]
+
+
+def render(folder: Path, cfg: dict, sr: int) -> dict:
+    """The render job, called as the workflow calls it (the manifest's folder is the output folder)."""
+    return R.render_dataset(
+        manifest=Path(folder) / "manifest.json", settings={"dataset": {"render": cfg, "sample_rate": sr}}
+    )
+
+
+def ingest(folder: Path, ds: dict, name: str, out: Path) -> dict:
+    return ingest_dataset(clips=out, settings={"dataset": ds}, root=folder, dataset=name)
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -52,7 +96,7 @@ def rendered(tmp_path_factory):
     base = tmp_path_factory.mktemp("render")
     out = {}
     for kind, cfg, sr in (("notes", NOTES, 16000), ("scores", SCORES, 22050), ("ensembles", ENSEMBLES, 22050)):
-        m = R.render_dataset(base / kind, copy.deepcopy(cfg), sr)
+        m = render(base / kind, copy.deepcopy(cfg), sr)
         out[kind] = (base / kind, m)
     return out
 
@@ -112,8 +156,10 @@ def test_recordings_metadata_match_the_audio_files(rendered):
     md = pd.read_csv(folder / "metadata.csv")
     assert list(md.columns) == ["path", "ensemble", "work", "region"] and len(md) == 2 * 2
     assert md.groupby("ensemble")["work"].nunique().tolist() == [2, 2]
-    assert md.drop_duplicates("ensemble").set_index("ensemble")["region"].to_dict() == \
-        {"ensemble_00": "european", "ensemble_01": "american"}
+    assert md.drop_duplicates("ensemble").set_index("ensemble")["region"].to_dict() == {
+        "ensemble_00": "european",
+        "ensemble_01": "american",
+    }
     for r in md.itertuples():
         assert r.path == f"audio/{r.ensemble}/{r.work}.wav"
         # every ensemble plays the full max_seconds_per_work of every work (the works are chosen long enough)
@@ -146,8 +192,7 @@ def test_quiet_chunks_finds_silent_clips():
 
 
 def test_file_normalisation_peaks_every_file_at_the_target(tmp_path):
-    m = R.render_dataset(tmp_path, {**NOTES, "families": ["brass", "string"], "normalize": "file",
-                                    "peak_dbfs": -3.0}, 16000)
+    m = render(tmp_path, {**NOTES, "families": ["brass", "string"], "normalize": "file", "peak_dbfs": -3.0}, 16000)
     target = round(32767 * 10 ** (-3 / 20))
     for p in (tmp_path / "audio").glob("*.wav"):
         q, _ = sf.read(str(p), dtype="int16")
@@ -178,14 +223,16 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(rendered
     for kind, cfg, sr in (("notes", NOTES, 16000), ("ensembles", ENSEMBLES, 22050)):
         folder, _ = rendered[kind]
         again = tmp_path / f"{kind}_again"
-        R.render_dataset(again, copy.deepcopy(cfg), sr)
+        render(again, copy.deepcopy(cfg), sr)
         a, b = files_of(folder), files_of(again)
         a.pop("manifest.json"), b.pop("manifest.json")
         assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), kind
-        assert json.loads((folder / "manifest.json").read_text())["render"] == \
-            json.loads((again / "manifest.json").read_text())["render"]
+        assert (
+            json.loads((folder / "manifest.json").read_text())["render"]
+            == json.loads((again / "manifest.json").read_text())["render"]
+        )
     other = tmp_path / "notes_seed9"
-    R.render_dataset(other, {**NOTES, "seed": 9}, 16000)
+    render(other, {**NOTES, "seed": 9}, 16000)
     assert files_of(other)["examples.json"] != files_of(rendered["notes"][0])["examples.json"]
 
 
@@ -204,16 +251,15 @@ def test_a_program_without_enough_sounding_notes_is_replaced_by_the_next_one(tmp
     sounding = [k for k in range(72, 97) if np.abs(nr.render(78, k, 127)).max() >= R.SILENCE_PEAK]
     assert sounding == list(range(72, 79))
     seed = next(s for s in range(100) if R.program_order("flute", s)[0] == 78)
-    m = R.render_dataset(tmp_path, {**NOTES, "seed": seed, "families": ["flute", "brass"],
-                                    "notes_per_program": 36}, 16000)
+    m = render(tmp_path, {**NOTES, "seed": seed, "families": ["flute", "brass"], "notes_per_program": 36}, 16000)
     assert 78 not in [p["program"] for p in m["programs"]["flute"]]
     assert any(s["item"] == "program 78 (Whistle)" for s in m["skipped"])
     assert m["class_counts"]["instrument_family_str"] == {"flute": 36, "brass": 36}
 
 
 def test_rerendering_removes_the_files_of_an_earlier_render(tmp_path):
-    R.render_dataset(tmp_path, {**NOTES, "families": ["brass", "flute", "reed"]}, 16000)
-    m = R.render_dataset(tmp_path, {**NOTES, "families": ["brass", "flute"]}, 16000)
+    render(tmp_path, {**NOTES, "families": ["brass", "flute", "reed"]}, 16000)
+    m = render(tmp_path, {**NOTES, "families": ["brass", "flute"]}, 16000)
     ex = json.loads((tmp_path / "examples.json").read_text())
     assert len(list((tmp_path / "audio").glob("*.wav"))) == len(ex) == m["n_files"] == 8
     assert R.read_manifest(tmp_path)["n_files"] == 8
@@ -225,7 +271,7 @@ def test_rerendering_removes_the_files_of_an_earlier_render(tmp_path):
 def test_ingest_reads_rendered_notes_like_nsynth_and_every_family_is_in_both_splits(rendered, tmp_path):
     folder, _ = rendered["notes"]
     ds = default_dataset("notes", NOTES)
-    summary = ingest_dataset(folder, ds, "notes", tmp_path / "clips.h5")
+    summary = ingest(folder, ds, "notes", tmp_path / "clips.h5")
     ex = json.loads((folder / "examples.json").read_text())
     assert summary["n_clips"] == len(ex) and summary["sample_rate"] == 16000 and not summary["skipped"]
     with open_h5(tmp_path / "clips.h5", "clips") as f:
@@ -243,14 +289,14 @@ def test_ingest_reads_rendered_notes_like_nsynth_and_every_family_is_in_both_spl
 
 def test_ingest_reads_rendered_recordings(rendered, tmp_path):
     folder, _ = rendered["scores"]
-    s = ingest_dataset(folder, default_dataset("composers", SCORES), "composers", tmp_path / "c.h5")
+    s = ingest(folder, default_dataset("composers", SCORES), "composers", tmp_path / "c.h5")
     with open_h5(tmp_path / "c.h5", "clips") as f:
         df, _, _ = read_clip_table(f)
     assert s["n_clips"] == len(df) >= 6 and set(df["composer"]) == {"bach", "palestrina"}
     assert set(df["part"]) == {"beginning", "middle", "end"}
 
     folder, _ = rendered["ensembles"]
-    s = ingest_dataset(folder, default_dataset("ensembles", ENSEMBLES), "ensembles", tmp_path / "e.h5")
+    s = ingest(folder, default_dataset("ensembles", ENSEMBLES), "ensembles", tmp_path / "e.h5")
     with open_h5(tmp_path / "e.h5", "clips") as f:
         df, _, _ = read_clip_table(f)
     assert len(df) == 2 * 2 * 3 and df.groupby("ensemble")["region"].nunique().max() == 1
@@ -321,27 +367,109 @@ def test_room_response_has_the_direct_sound_and_a_decaying_tail_of_energy_wet_sq
 # ----------------------------------------------------------------------------------------------------------
 def test_a_missing_soundfont_is_a_clear_error(tmp_path):
     with pytest.raises(R.RenderError, match=r"render.soundfont: '.*nope.sf2' does not exist"):
-        R.render_dataset(tmp_path, {**NOTES, "soundfont": str(tmp_path / "nope.sf2")}, 16000)
+        render(tmp_path, {**NOTES, "soundfont": str(tmp_path / "nope.sf2")}, 16000)
     bad = tmp_path / "bad.sf2"
     bad.write_bytes(b"not a soundfont")
     with pytest.raises(R.RenderError, match="not a readable SoundFont"):
-        R.render_dataset(tmp_path, {**NOTES, "soundfont": str(bad)}, 16000)
+        render(tmp_path, {**NOTES, "soundfont": str(bad)}, 16000)
     assert not (tmp_path / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("change, msg", [
-    ({"ensembles": 3}, r"key\(s\) \['ensembles'\] are not used by kind 'notes'"),
-    ({"programs_per_family": 4}, "programs_per_family: 4 > the 3 GM programs of family 'vocal'"),
-    ({"notes_per_program": 1000}, "of family 'brass' can play 1000 sounding notes"),
-    ({"velocities": [0, 50]}, "render.velocities"),
-    ({"normalize": "loud"}, "render.normalize"),
-    ({"kind": "chords"}, "render.kind"),
-])
-def test_bad_render_configs_name_the_key(tmp_path, change, msg):
-    with pytest.raises(R.RenderError, match=msg):
-        R.render_dataset(tmp_path, {**NOTES, **change}, 16000)
+@pytest.mark.parametrize(
+    "change, error, msg",
+    [
+        ({"ensembles": 3}, R.RenderError, r"key\(s\) \['ensembles'\] are not used by kind 'notes'"),
+        ({"programs_per_family": 4}, R.RenderError, "programs_per_family: 4 > the 3 GM programs of family 'vocal'"),
+        ({"notes_per_program": 1000}, R.RenderError, "of family 'brass' can play 1000 sounding notes"),
+        # the schema's checks (the job validates its settings first): ConfigError naming the key
+        ({"velocities": [0, 50]}, ConfigError, "render.velocities"),
+        ({"normalize": "loud"}, ConfigError, "render.normalize"),
+        ({"kind": "chords"}, ConfigError, "render.kind"),
+    ],
+)
+def test_bad_render_configs_name_the_key(tmp_path, change, error, msg):
+    with pytest.raises(error, match=msg):
+        render(tmp_path, {**NOTES, **change}, 16000)
 
 
 def test_unknown_composer_is_a_clear_error(tmp_path):
     with pytest.raises(R.RenderError, match="composer 'nobody': no playable scores"):
-        R.render_dataset(tmp_path, {**SCORES, "composers": ["bach", "nobody"]}, 22050)
+        render(tmp_path, {**SCORES, "composers": ["bach", "nobody"]}, 22050)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The job's settings: the kind's defaults come from the schema, check_render_config keeps the kind's rules
+# ----------------------------------------------------------------------------------------------------------
+def test_render_declares_its_settings_and_the_workflow_reads_them():
+    assert R.render_dataset.job.reads == {"dataset": ("render", "sample_rate")} and R.render_dataset.job.tunes == {}
+    assert workflow.job_spec("render_demo") == {"reads": {"dataset": ["render", "sample_rate"]}, "tunes": {}}
+
+
+def test_the_kind_defaults_are_filled_from_the_schema():
+    notes = {k: v for k, v in NOTES.items() if k not in ("seed", "soundfont", "release_seconds")}
+    cfg = R.check_render_config(notes)
+    assert cfg == {
+        **notes,
+        "seed": 0,
+        "soundfont": None,
+        "peak_dbfs": -1.0,
+        "normalize": "instrument",
+        "release_seconds": 1.0,
+        "families": list(R.ACOUSTIC_FAMILIES),
+    }
+    assert notes == {k: v for k, v in NOTES.items() if k not in ("seed", "soundfont", "release_seconds")}  # a copy
+    scores = {k: v for k, v in SCORES.items() if k != "seed"}
+    assert R.check_render_config(scores) == {
+        **scores,
+        "seed": 0,
+        "peak_dbfs": -1.0,
+        "normalize": "file",
+        "ensembles": 1,
+    }
+    assert R.check_render_config(ENSEMBLES) == {**ENSEMBLES, "peak_dbfs": -1.0, "normalize": "file"}
+    # the workflow's validated config holds the same values (the schema fills them in there too)
+    ds = default_dataset("notes", notes)
+    assert ds["render"] == cfg and R.check_render_config(ds["render"]) == cfg
+
+
+@pytest.mark.parametrize(
+    "render_cfg, sr, error, msg",
+    [
+        ({**SCORES, "normalize": "instrument"}, 22050, R.RenderError, r"render\.normalize: expected 'file' for kind"),
+        ({**SCORES, "ensembles": 2}, 22050, R.RenderError, r"render\.ensembles: kind 'scores' plays every work"),
+        ({**ENSEMBLES, "ensembles": 1}, 22050, R.RenderError, r"render\.ensembles: need >= 2"),
+        ({**ENSEMBLES, "composer": ""}, 22050, R.RenderError, r"render\.composer: expected a composer name"),
+        (
+            {k: v for k, v in NOTES.items() if k != "hold_seconds"},
+            16000,
+            R.RenderError,
+            r"kind 'notes' needs the key\(s\) \['hold_seconds'\]",
+        ),
+        ({**NOTES, "families": ["brass"]}, 16000, ConfigError, r"render\.families"),
+        ({**NOTES, "peak_dbfs": -70}, 16000, ConfigError, r"render\.peak_dbfs"),
+        ({**NOTES, "seeed": 1}, 16000, ConfigError, r"render.*seeed"),
+        (NOTES, 800, ConfigError, r"dataset\.sample_rate"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_rendered(tmp_path, render_cfg, sr, error, msg):
+    with pytest.raises(error, match=msg):
+        render(tmp_path, render_cfg, sr)
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "audio").exists()
+
+
+def test_unknown_dataset_settings_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset\.sample_rte: unknown key"):
+        R.render_dataset(
+            manifest=tmp_path / "manifest.json", settings={"dataset": {"render": NOTES, "sample_rte": 16000}}
+        )
+    with pytest.raises(ConfigError, match=r"dataset\.sample_rate: required"):
+        R.render_dataset(manifest=tmp_path / "manifest.json", settings={"dataset": {"render": NOTES}})
+
+
+def test_the_schema_agrees_with_the_render_constants():
+    """The rules check_render_config leaves to the schema use the same values as the code."""
+    props = config.schema()["$defs"]["dataset"]["properties"]["render"]["properties"]
+    assert props["families"]["items"]["enum"] == list(R.ACOUSTIC_FAMILIES) == sorted(R.FAMILY_PROGRAMS)
+    assert props["max_seconds_per_work"]["minimum"] == R.MIN_WORK_SECONDS
+    assert props["peak_dbfs"]["exclusiveMinimum"] == R.MIN_PEAK_DBFS
+    assert props["kind"]["enum"] == ["notes", "scores", "ensembles"]

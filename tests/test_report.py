@@ -1,4 +1,5 @@
 """Tables, figures and findings on synthetic stage outputs that follow docs/formats.md column by column."""
+
 from __future__ import annotations
 
 import json
@@ -9,19 +10,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_meta, write_fake_mel
-from deepfeat.io import write_clip_table, write_csv, write_h5
-from deepfeat.tables import (
-    CONFUSION_COLUMNS,
-    PROBE_COLUMNS,
-    SIMILARITY_COLUMNS,
-    build_tables,
-    read_tables,
-)
 
-HC = ["Mean Power (frequency)", "Time to -70 dB", "Mean Wavelet (25)", "Wavelet Combined", "Top 4 Combined",
-      "Spectral Centroid", "Mean Wavelet (1)", "Std Wavelet (25)", "DWT db10 (horizontal)", "Random"]
+from deepfeat.config import ConfigError
+from deepfeat.formats.cliptable import write_clip_table
+from deepfeat.formats.files import write_csv, write_h5
+from deepfeat.formats.tables import CONFUSION_COLUMNS, PROBE_COLUMNS, SIMILARITY_COLUMNS, read_tables
+from deepfeat.report import build_tables, make_figures, write_findings
+
+HC = [
+    "Mean Power (frequency)",
+    "Time to -70 dB",
+    "Mean Wavelet (25)",
+    "Wavelet Combined",
+    "Top 4 Combined",
+    "Spectral Centroid",
+    "Mean Wavelet (1)",
+    "Std Wavelet (25)",
+    "DWT db10 (horizontal)",
+    "Random",
+]
 CONCAT = ["Mean Power (frequency)", "Mean Wavelet (25)"]
 LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3"]
 DS = "toy"
@@ -43,8 +51,12 @@ def _write_mel(path: Path, regression: bool, n: int = 60, n_frames: int = 128):
 
 def _write_handcrafted(path: Path, n: int, n_frames: int):
     rng = np.random.default_rng(1)
-    dims = {"Mean Power (frequency)": n_frames, "Spectral Centroid": n_frames, "Time to -70 dB": 128,
-            "Mean Wavelet (25)": 128}
+    dims = {
+        "Mean Power (frequency)": n_frames,
+        "Spectral Centroid": n_frames,
+        "Time to -70 dB": 128,
+        "Mean Wavelet (25)": 128,
+    }
     with write_h5(path, "handcrafted") as f:
         g = f.create_group("features")
         for name, d in dims.items():
@@ -53,8 +65,15 @@ def _write_handcrafted(path: Path, n: int, n_frames: int):
             ds.attrs.update(name=name, definition="synthetic", params="{}", dim=d, shape=json.dumps([d]))
 
 
-def make_inputs(root: Path, seeds=(1, 10), archs=("Regular", "Dilated"), regression: bool = True,
-                train_tasks=("family",), probe_seeds=(0, 1, 2), channels: bool = True) -> tuple[dict, dict]:
+def make_inputs(
+    root: Path,
+    seeds=(1, 10),
+    archs=("Regular", "Dilated"),
+    regression: bool = True,
+    train_tasks=("family",),
+    probe_seeds=(0, 1, 2),
+    channels: bool = True,
+) -> tuple[dict, dict]:
     """Synthetic stage outputs under ``root``; returns (inputs dict for build_tables, raw values by key).
 
     Accuracies are stored as fractions (probes) and percent (histories) to exercise both unit forms."""
@@ -86,14 +105,42 @@ def make_inputs(root: Path, seeds=(1, 10), archs=("Regular", "Dilated"), regress
                             conf.append([DS, feat, "", "", "", "", "", pt, ps, "test", t_, p_, int(rng.integers(0, 9))])
     write_csv(pd.DataFrame(rows, columns=PROBE_COLUMNS), root / "probes/handcrafted.csv")
     write_csv(pd.DataFrame(conf, columns=CONFUSION_COLUMNS), root / "probes/handcrafted.confusion.csv")
-    inputs = {"mel": root / "mel.h5", "probe_handcrafted": root / "probes/handcrafted.csv",
-              "confusion_handcrafted": root / "probes/handcrafted.confusion.csv", "probe_deep": [],
-              "confusion_deep": [], "histories": [], "similarity_deep": [], "similarity_channels": [],
-              "similarity_cross": []}
+    inputs = {
+        "mel": root / "mel.h5",
+        "probe_handcrafted": root / "probes/handcrafted.csv",
+        "confusion_handcrafted": root / "probes/handcrafted.confusion.csv",
+        "probe_deep": [],
+        "confusion_deep": [],
+        "histories": [],
+        "similarity_deep": [],
+        "similarity_channels": [],
+        "similarity_cross": [],
+    }
 
     def sim_row(comp, task, aa, sa, la, ta, ab, sb, lb, tb, fb, measure, v):
-        return [DS, comp, task, aa, sa, la, ta, ab, sb, lb, tb, fb, measure, v, v - 0.05, v + 0.05, 40, 100, 100,
-                "feature", ""]
+        return [
+            DS,
+            comp,
+            task,
+            aa,
+            sa,
+            la,
+            ta,
+            ab,
+            sb,
+            lb,
+            tb,
+            fb,
+            measure,
+            v,
+            v - 0.05,
+            v + 0.05,
+            40,
+            100,
+            100,
+            "feature",
+            "",
+        ]
 
     for tt in train_tasks:
         for arch in archs + ("FeedForward",):
@@ -105,8 +152,21 @@ def make_inputs(root: Path, seeds=(1, 10), archs=("Regular", "Dilated"), regress
                     hist.append([ep, 1.0 / ep, 1.1 / ep, v, v, metric, 200.0])
                 raw.setdefault(("net", tt, arch), []).append(hist[-1][4])
                 p = root / f"models/{tt}/{arch}/seed{seed}.history.csv"
-                write_csv(pd.DataFrame(hist, columns=["epoch", "train_loss", "test_loss", "train_metric",
-                                                      "test_metric", "metric", "clips_per_s"]), p)
+                write_csv(
+                    pd.DataFrame(
+                        hist,
+                        columns=[
+                            "epoch",
+                            "train_loss",
+                            "test_loss",
+                            "train_metric",
+                            "test_metric",
+                            "metric",
+                            "clips_per_s",
+                        ],
+                    ),
+                    p,
+                )
                 inputs["histories"].append(p)
                 if arch == "FeedForward":
                     continue
@@ -117,36 +177,127 @@ def make_inputs(root: Path, seeds=(1, 10), archs=("Regular", "Dilated"), regress
                             for split in ("train", "test"):
                                 v = val(metric)
                                 raw.setdefault(("deep", tt, pt, arch, layer, tr, split), []).append(v)
-                                rows.append([DS, f"{arch} {layer}", arch, seed, layer, tr, tt, pt, seed, metric,
-                                             split, v])
+                                rows.append(
+                                    [DS, f"{arch} {layer}", arch, seed, layer, tr, tt, pt, seed, metric, split, v]
+                                )
                             if layer == "conv3" and split == "test":
                                 for hc in CONCAT:
                                     v = val(metric)
                                     raw.setdefault(("concat", tt, pt, arch, tr, hc), []).append(
-                                        (v, raw[("deep", tt, pt, arch, layer, tr, "test")][-1]))
-                                    rows.append([DS, f"{arch} {layer} + {hc}", arch, seed, layer, tr, tt, pt, seed,
-                                                 metric, "test", v])
+                                        (v, raw[("deep", tt, pt, arch, layer, tr, "test")][-1])
+                                    )
+                                    rows.append(
+                                        [
+                                            DS,
+                                            f"{arch} {layer} + {hc}",
+                                            arch,
+                                            seed,
+                                            layer,
+                                            tr,
+                                            tt,
+                                            pt,
+                                            seed,
+                                            metric,
+                                            "test",
+                                            v,
+                                        ]
+                                    )
                         for t_ in classes:
                             for p_ in classes:
-                                conf.append([DS, f"{arch} {layer}", arch, seed, layer, tr, tt, "family", seed,
-                                             "test", t_, p_, int(rng.integers(0, 9))])
+                                conf.append(
+                                    [
+                                        DS,
+                                        f"{arch} {layer}",
+                                        arch,
+                                        seed,
+                                        layer,
+                                        tr,
+                                        tt,
+                                        "family",
+                                        seed,
+                                        "test",
+                                        t_,
+                                        p_,
+                                        int(rng.integers(0, 9)),
+                                    ]
+                                )
                         for measure in ("cka", "cka_debiased"):
                             for feat in HC:
                                 v = rng.uniform(0, 1)
                                 raw.setdefault(("sim", tt, arch, layer, tr, feat, measure), []).append(v)
-                                sim.append(sim_row("deep_vs_handcrafted", tt, arch, seed, layer, tr, "", "", "", "",
-                                                   feat, measure, v))
+                                sim.append(
+                                    sim_row(
+                                        "deep_vs_handcrafted",
+                                        tt,
+                                        arch,
+                                        seed,
+                                        layer,
+                                        tr,
+                                        "",
+                                        "",
+                                        "",
+                                        "",
+                                        feat,
+                                        measure,
+                                        v,
+                                    )
+                                )
                     for measure in ("cka", "cka_debiased"):
-                        sim.append(sim_row("trained_vs_untrained", tt, arch, seed, layer, "trained", arch, seed,
-                                           layer, "untrained", "", measure, rng.uniform(0, 1)))
+                        sim.append(
+                            sim_row(
+                                "trained_vs_untrained",
+                                tt,
+                                arch,
+                                seed,
+                                layer,
+                                "trained",
+                                arch,
+                                seed,
+                                layer,
+                                "untrained",
+                                "",
+                                measure,
+                                rng.uniform(0, 1),
+                            )
+                        )
                 for la, lb in combinations(LAYERS, 2):
                     for tr in ("trained", "untrained"):
-                        sim.append(sim_row("layer_vs_layer", tt, arch, seed, la, tr, arch, seed, lb, tr, "", "cka",
-                                           rng.uniform(0, 1)))
+                        sim.append(
+                            sim_row(
+                                "layer_vs_layer",
+                                tt,
+                                arch,
+                                seed,
+                                la,
+                                tr,
+                                arch,
+                                seed,
+                                lb,
+                                tr,
+                                "",
+                                "cka",
+                                rng.uniform(0, 1),
+                            )
+                        )
                 for ca, cb in combinations([f"conv1/ch{i}" for i in range(3)], 2):
                     for tr in ("trained", "untrained"):
-                        ch.append(sim_row("channel_vs_channel", tt, arch, seed, ca, tr, arch, seed, cb, tr, "",
-                                          "cka", rng.uniform(0, 1)))
+                        ch.append(
+                            sim_row(
+                                "channel_vs_channel",
+                                tt,
+                                arch,
+                                seed,
+                                ca,
+                                tr,
+                                arch,
+                                seed,
+                                cb,
+                                tr,
+                                "",
+                                "cka",
+                                rng.uniform(0, 1),
+                            )
+                        )
                 base = root / f"probes/deep/{tt}/{arch}/seed{seed}"
                 write_csv(pd.DataFrame(rows, columns=PROBE_COLUMNS), f"{base}.csv")
                 write_csv(pd.DataFrame(conf, columns=CONFUSION_COLUMNS), f"{base}.confusion.csv")
@@ -163,18 +314,62 @@ def make_inputs(root: Path, seeds=(1, 10), archs=("Regular", "Dilated"), regress
         for arch in archs:
             for sa, sb in combinations(seeds, 2):
                 for layer in LAYERS:
-                    cross.append(sim_row("seed_vs_seed", tt, arch, sa, layer, "trained", arch, sb, layer, "trained",
-                                         "", "cka", rng.uniform(0, 1)))
+                    cross.append(
+                        sim_row(
+                            "seed_vs_seed",
+                            tt,
+                            arch,
+                            sa,
+                            layer,
+                            "trained",
+                            arch,
+                            sb,
+                            layer,
+                            "trained",
+                            "",
+                            "cka",
+                            rng.uniform(0, 1),
+                        )
+                    )
         for aa, ab in combinations(archs, 2):
             for seed in seeds:
                 for layer in LAYERS:
                     for tr in ("trained", "untrained"):
-                        cross.append(sim_row("arch_vs_arch", tt, aa, seed, layer, tr, ab, seed, layer, tr, "",
-                                             "cka", rng.uniform(0, 1)))
+                        cross.append(
+                            sim_row(
+                                "arch_vs_arch",
+                                tt,
+                                aa,
+                                seed,
+                                layer,
+                                tr,
+                                ab,
+                                seed,
+                                layer,
+                                tr,
+                                "",
+                                "cka",
+                                rng.uniform(0, 1),
+                            )
+                        )
         p = root / f"similarity/cross/{tt}.csv"
         write_csv(pd.DataFrame(cross, columns=SIMILARITY_COLUMNS), p)
         inputs["similarity_cross"].append(p)
     return inputs, raw
+
+
+def _build(inputs: dict, tables: Path, dataset: str = DS, settings=None) -> dict:
+    return build_tables(**inputs, tables=tables, settings=settings or {}, dataset=dataset)
+
+
+def _figures(tables: Path, mel, features, figures: Path, report: dict) -> list[Path]:
+    return make_figures(
+        tables=tables, mel=mel, features=features, figures=figures, settings={"report": report}, dataset=DS
+    )
+
+
+def _findings(tables: Path, md: Path, html: Path, report: dict) -> None:
+    write_findings(tables=tables, md=md, html=html, settings={"report": report}, dataset=DS)
 
 
 def _sd(v):
@@ -186,7 +381,7 @@ def built(tmp_path_factory):
     """Synthetic inputs and their tables, shared read-only by the tests of this module."""
     tmp_path = tmp_path_factory.mktemp("built")
     inputs, raw = make_inputs(tmp_path / "in")
-    tables = build_tables(inputs, tmp_path / "tables", DS, None)
+    tables = _build(inputs, tmp_path / "tables")
     return tmp_path, inputs, raw, tables
 
 
@@ -262,17 +457,26 @@ def test_layers_robustness_concat_similarity_tables(built):
         assert r["gain_sd"] == pytest.approx(np.std(sign * (pairs[:, 0] - pairs[:, 1]), ddof=1))
         assert r["concat_mean"] == pytest.approx(pairs[:, 0].mean())
     r = cc.loc[("family", "Regular", "trained", "Mean Wavelet (25)")]
-    assert r["cka"] == pytest.approx(np.mean(raw[("sim", "family", "Regular", "conv3", "trained",
-                                                  "Mean Wavelet (25)", "cka")]))
+    assert r["cka"] == pytest.approx(
+        np.mean(raw[("sim", "family", "Regular", "conv3", "trained", "Mean Wavelet (25)", "cka")])
+    )
     # similarity summary and best feature
     s = t["similarity"]
-    s = s[(s["comparison"] == "deep_vs_handcrafted") & (s["arch_a"] == "Dilated") & (s["layer_a"] == "conv1")
-          & (s["trained_a"] == "untrained") & (s["measure"] == "cka")].set_index("feature_b")
+    s = s[
+        (s["comparison"] == "deep_vs_handcrafted")
+        & (s["arch_a"] == "Dilated")
+        & (s["layer_a"] == "conv1")
+        & (s["trained_a"] == "untrained")
+        & (s["measure"] == "cka")
+    ].set_index("feature_b")
     for feat in HC:
         v = np.asarray(raw[("sim", "family", "Dilated", "conv1", "untrained", feat, "cka")])
         assert s.loc[feat, "mean"] == pytest.approx(v.mean()) and s.loc[feat, "sd"] == pytest.approx(_sd(v))
-    b = t["similarity_best"].set_index(["arch", "layer", "trained", "measure"]).loc[
-        ("Dilated", "conv1", "untrained", "cka")]
+    b = (
+        t["similarity_best"]
+        .set_index(["arch", "layer", "trained", "measure"])
+        .loc[("Dilated", "conv1", "untrained", "cka")]
+    )
     real = s.drop(index="Random")
     assert b["feature"] == real["mean"].idxmax() and b["random_mean"] == pytest.approx(s.loc["Random", "mean"])
     # seed_vs_seed: mean over seed pairs; confusion summed over probe seeds
@@ -296,14 +500,66 @@ def test_bad_inputs_are_named(tmp_path):
     bad = pd.read_csv(inputs["probe_handcrafted"]).drop(columns=["probe_seed"])
     bad.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"bad\.csv.*probe_seed"):
-        build_tables({**inputs, "probe_handcrafted": tmp_path / "bad.csv"}, tmp_path / "t", DS, None)
+        _build({**inputs, "probe_handcrafted": tmp_path / "bad.csv"}, tmp_path / "t")
     with pytest.raises(ValueError, match="dataset"):
-        build_tables(inputs, tmp_path / "t", "other", None)
+        _build(inputs, tmp_path / "t", "other")
     bad = pd.read_csv(inputs["probe_handcrafted"])
     bad.loc[0, "metric"] = "f1"
     bad.to_csv(tmp_path / "bad2.csv", index=False)
     with pytest.raises(ValueError, match=r"bad2\.csv.*metric"):
-        build_tables({**inputs, "probe_handcrafted": tmp_path / "bad2.csv"}, tmp_path / "t", DS, None)
+        _build({**inputs, "probe_handcrafted": tmp_path / "bad2.csv"}, tmp_path / "t")
+
+
+def test_display_order_is_the_natural_order_of_the_clip_table():
+    from deepfeat.formats.cliptable import natural_key
+    from deepfeat.report.display import order_values, sort_frame
+
+    assert order_values(["class10", "class2", "class1"], "feature") == ["class1", "class2", "class10"]
+    assert order_values(["fc1", "conv3", "extra", "pool1", "conv1"], "layer") == [
+        "conv1",
+        "pool1",
+        "conv3",
+        "fc1",
+        "extra",
+    ]
+    names = ["DWT bior2.2 (vertical)", "DWT bior1.3 (vertical)", "Mean Wavelet (25)", "Mean Wavelet (5)", "RMS"]
+    assert order_values(names, "feature") == sorted(names, key=natural_key)
+    df = pd.DataFrame({"arch": ["FeedForward", "Regular", "Dilated"], "layer": ["fc1", "conv2", "conv1"]})
+    assert sort_frame(df, ["arch"])["arch"].tolist() == ["Regular", "Dilated", "FeedForward"]
+
+
+def test_jobs_declare_their_settings_and_reject_unknown_ones(built, tmp_path):
+    src, inputs, _, _ = built
+    assert build_tables.job.reads == {} and build_tables.job.tunes == {}
+    assert make_figures.job.reads == {
+        "report": (
+            "top_features",
+            "figure_measures",
+            "dpi",
+            "seed",
+            "pca_max_clips",
+            "example_clip",
+            "example_features",
+        )
+    }
+    assert write_findings.job.reads == {"report": ("measure",)}
+    with pytest.raises(ConfigError, match="report.dpi_x: unknown key"):
+        _figures(src / "tables", inputs["mel"], None, tmp_path / "figures", {"dpi_x": 50})
+    with pytest.raises(ConfigError, match="report.measure"):
+        _findings(src / "tables", tmp_path / "f.md", tmp_path / "f.html", {"measure": "pearson"})
+    with pytest.raises(ConfigError, match="unknown config section 'tabels'"):
+        _build(inputs, tmp_path / "tables", settings={"tabels": {}})
+    assert not any((tmp_path / n).exists() for n in ("figures", "f.md", "f.html", "tables"))
+
+
+def test_pca_subset_is_the_seeded_subset():
+    """The PCA draws its clips with formats.cliptable.seeded_subset: the same draw as the report's former own
+    subset, np.sort(default_rng(seed).choice(n, min(n, k), replace=False)), also when k >= n."""
+    from deepfeat.formats.cliptable import seeded_subset
+
+    for n, k, seed in ((100, 40, 0), (40, 40, 3), (30, 2000, 0), (2500, 2000, 7)):
+        old = np.sort(np.random.default_rng(seed).choice(n, size=min(n, k), replace=False))
+        assert np.array_equal(seeded_subset(n, k, seed), old)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -320,17 +576,21 @@ def _nonblank(path: Path) -> bool:
 
 
 def test_figures_for_every_comparison(built):
-    from deepfeat.plots import make_figures
-
     tmp_path, inputs, _, t = built
     out = tmp_path / "figures"
-    written = make_figures(tmp_path / "tables", inputs["mel"], tmp_path / "in/handcrafted.h5", out, FAST, None)
+    written = _figures(tmp_path / "tables", inputs["mel"], tmp_path / "in/handcrafted.h5", out, FAST)
     names = {p.stem for p in written}
     assert names == {p.stem for p in out.glob("*.png")}
     for comp in set(t["similarity"]["comparison"]):
         assert any(n.startswith(f"sim_{comp}_") for n in names), comp
-    assert {"decoding_family_to_family", "decoding_family_to_pitch", "robustness_pitch", "pca_spectrograms",
-            "example_spectrogram", "sim_deep_vs_handcrafted_family_all_cka"} <= names
+    assert {
+        "decoding_family_to_family",
+        "decoding_family_to_pitch",
+        "robustness_pitch",
+        "pca_spectrograms",
+        "example_spectrogram",
+        "sim_deep_vs_handcrafted_family_all_cka",
+    } <= names
     # confusion: the 4 best hand-crafted features + trained/untrained conv3 of both architectures
     assert sum(n.startswith("confusion_family_") for n in names) == 4 + 4
     assert not any("cka_debiased" in n for n in names)  # only the requested measures
@@ -339,14 +599,12 @@ def test_figures_for_every_comparison(built):
 
 
 def test_figures_single_seed_without_regression(tmp_path):
-    from deepfeat.plots import make_figures
-
     inputs, _ = make_inputs(tmp_path / "in", seeds=(1,), archs=("Regular",), regression=False, channels=False)
-    build_tables(inputs, tmp_path / "tables", DS, None)
+    _build(inputs, tmp_path / "tables")
     t = read_tables(tmp_path / "tables")
     assert t["layers"]["sd"].isna().all() and (t["layers"]["n"] == 1).all()
     assert set(t["chance"]["metric"]) == {"accuracy"}
-    written = make_figures(tmp_path / "tables", inputs["mel"], None, tmp_path / "figures", FAST, None)
+    written = _figures(tmp_path / "tables", inputs["mel"], None, tmp_path / "figures", FAST)
     names = {p.stem for p in written}
     assert "decoding_family_to_family" in names and "example_spectrogram" in names
     assert not any(n.startswith("robustness_") or n.startswith("sim_arch_vs_arch") for n in names)
@@ -354,7 +612,7 @@ def test_figures_single_seed_without_regression(tmp_path):
 
 
 def test_feature_axis_decided_by_name_when_square():
-    from deepfeat.plots import feature_axis
+    from deepfeat.report.spectrograms import feature_axis
 
     assert feature_axis("Mean Power (frequency)", 128, 128, 128) == "frame"
     assert feature_axis("Spectral Centroid", 128, 128, 128) == "frame"
@@ -404,11 +662,25 @@ def _spans(html_text: str) -> tuple[list[dict], str]:
 
 
 def _names(tables: dict) -> list[str]:
-    from deepfeat.tables import TABLE_COLUMNS, arch_display
+    from deepfeat.formats.tables import TABLE_COLUMNS
+    from deepfeat.report.display import arch_display
 
     names = {DS, "Table 1"}  # the caption label is the only non-result number
-    name_columns = {"feature", "arch", "layer", "task", "train_task", "probe_task", "arch_a", "arch_b", "layer_a",
-                    "layer_b", "feature_b", "handcrafted_best", "majority_class"}
+    name_columns = {
+        "feature",
+        "arch",
+        "layer",
+        "task",
+        "train_task",
+        "probe_task",
+        "arch_a",
+        "arch_b",
+        "layer_a",
+        "layer_b",
+        "feature_b",
+        "handcrafted_best",
+        "majority_class",
+    }
     for name, spec in TABLE_COLUMNS.items():
         for c in set(spec) & name_columns:
             names |= set(tables[name][c].astype(str))
@@ -417,7 +689,7 @@ def _names(tables: dict) -> list[str]:
 
 
 def _check_findings(tables_dir: Path, md: Path, html_path: Path) -> list[dict]:
-    from deepfeat.tables import fmt_number
+    from deepfeat.report.display import fmt_number
 
     tables = read_tables(tables_dir)
     spans, prose = _spans(html_path.read_text())
@@ -428,7 +700,7 @@ def _check_findings(tables_dir: Path, md: Path, html_path: Path) -> list[dict]:
         prose = prose.replace(n, " ")
     assert not re.search(r"\d", prose), re.findall(r".{0,40}\d.{0,40}", prose)
     # the Markdown page quotes the same numbers in the same order
-    md_prose = "\n".join(l for l in md.read_text().splitlines() if not l.startswith("|"))
+    md_prose = "\n".join(line for line in md.read_text().splitlines() if not line.startswith("|"))
     for n in _names(tables):
         md_prose = md_prose.replace(n, " ")
     assert re.findall(r"-?\d+(?:\.\d+)?", md_prose) == [s["text"] for s in spans]
@@ -436,11 +708,9 @@ def _check_findings(tables_dir: Path, md: Path, html_path: Path) -> list[dict]:
 
 
 def test_findings_numbers_come_from_tables(built):
-    from deepfeat.findings import write_findings
-
     tmp_path, _, raw, t = built
     md, html_path = tmp_path / "findings.md", tmp_path / "findings.html"
-    write_findings(tmp_path / "tables", md, html_path, DS, {"measure": "cka"}, None)
+    _findings(tmp_path / "tables", md, html_path, {"measure": "cka"})
     spans = _check_findings(tmp_path / "tables", md, html_path)
     assert len(spans) > 60
     used = {s["data-table"] for s in spans}
@@ -456,8 +726,6 @@ def test_findings_numbers_come_from_tables(built):
 
 def test_findings_follow_the_tables(built):
     """Change a table: the sentence changes with it (nothing is hard-coded)."""
-    from deepfeat.findings import write_findings
-
     import shutil
 
     src, _, _, t = built
@@ -468,18 +736,16 @@ def test_findings_follow_the_tables(built):
     t1.loc[i, "mean"] = 99.87654
     t1.to_csv(tmp_path / "tables/table1.csv", index=False)
     md, html_path = tmp_path / "f.md", tmp_path / "f.html"
-    write_findings(tmp_path / "tables", md, html_path, DS, {}, None)
+    _findings(tmp_path / "tables", md, html_path, {})
     assert f"The best hand-crafted feature is {t1.loc[i, 'feature']} at 99.9 ±" in md.read_text()
     _check_findings(tmp_path / "tables", md, html_path)
 
 
 def test_findings_single_seed_without_regression(tmp_path):
-    from deepfeat.findings import write_findings
-
     inputs, _ = make_inputs(tmp_path / "in", seeds=(1,), archs=("Regular",), regression=False, channels=False)
-    build_tables(inputs, tmp_path / "tables", DS, None)
+    _build(inputs, tmp_path / "tables")
     md, html_path = tmp_path / "findings.md", tmp_path / "findings.html"
-    write_findings(tmp_path / "tables", md, html_path, DS, {}, None)
+    _findings(tmp_path / "tables", md, html_path, {})
     text = md.read_text()
     assert "(one seed)" in text and "nan" not in text.lower() and "n/a" not in text
     assert "no network features were probed on a task other than" in text
@@ -500,21 +766,31 @@ def test_rules_and_snakemake_report(tmp_path):
     wf = tmp_path / "wf"
     wf.mkdir()
     for d in ("rules", "scripts", "src", "schemas", "report", "envs"):
-        (wf / d).symlink_to(repo / d)
+        if (repo / d).exists():  # schemas/ is gone: the schema lives in the package now
+            (wf / d).symlink_to(repo / d)
     snakefile = (repo / "Snakefile").read_text()
     if 'report: "report/workflow.rst"' not in snakefile:
-        snakefile = snakefile.replace('configfile: "config.yaml"\n',
-                                      'configfile: "config.yaml"\nreport: "report/workflow.rst"\n', 1)
+        snakefile = snakefile.replace(
+            'configfile: "config.yaml"\n', 'configfile: "config.yaml"\nreport: "report/workflow.rst"\n', 1
+        )
     (wf / "Snakefile").write_text(snakefile)
     (wf / "config.yaml").write_text(
         "datasets:\n  toy:\n    format: nsynth\n    sample_rate: 16000\n    render: {kind: notes}\n"
         "    tasks:\n      - {name: family, type: classification, label: instrument_family_str}\n"
         "      - {name: pitch, type: regression, label: pitch}\n    main_task: family\n"
         "models: {architectures: [Regular, Dilated, FeedForward], seeds: [1, 10]}\n"
-        "report: {figure_measures: [cka], dpi: 60}\n")
+        "report: {figure_measures: [cka], dpi: 60}\n"
+    )
     make_inputs(wf / "results" / DS)
-    exe = [str(Path(sys.executable).parent / "snakemake"), "--cores", "1", "--allowed-rules", "tables", "figures",
-           "findings"]
+    exe = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "--cores",
+        "1",
+        "--allowed-rules",
+        "tables",
+        "figures",
+        "findings",
+    ]
     r = subprocess.run(exe, cwd=wf, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     res = wf / "results" / DS
@@ -524,7 +800,14 @@ def test_rules_and_snakemake_report(tmp_path):
     r = subprocess.run(exe + ["--report", "report.html"], cwd=wf, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     page = (wf / "report.html").read_text()
-    for s in ("Findings", "Figures", "Tables", "table1.csv", "findings.html", "decoding_family_to_family.png",
-              "deepfeat: what do audio CNNs learn"):
+    for s in (
+        "Findings",
+        "Figures",
+        "Tables",
+        "table1.csv",
+        "findings.html",
+        "decoding_family_to_family.png",
+        "deepfeat: what do audio CNNs learn",
+    ):
         assert s in page, s
     shutil.rmtree(wf / ".snakemake", ignore_errors=True)

@@ -2,6 +2,7 @@
 
 Skipped when `chromium` is not on PATH (Debian: `apt-get install chromium`; the lead's CI installs it).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -9,19 +10,30 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from deepfeat.findings import write_findings
-from deepfeat.tables import build_tables
 from test_report import DS, make_inputs
+
+from deepfeat.report import build_tables, write_findings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 
 
 def _screenshot(url: str, png, profile, size=(1280, 2000)) -> None:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", url]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--screenshot={png}",
+        f"--window-size={size[0]},{size[1]}",
+        url,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert png.is_file(), f"chromium wrote no screenshot (exit {r.returncode}): {r.stderr[-2000:]}"
 
@@ -30,9 +42,9 @@ def test_findings_page_renders(tmp_path):
     import matplotlib.image as mpimg
 
     inputs, _ = make_inputs(tmp_path / "in")
-    build_tables(inputs, tmp_path / "tables", DS, None)
+    build_tables(**inputs, tables=tmp_path / "tables", settings={}, dataset=DS)
     html = tmp_path / "findings.html"
-    write_findings(tmp_path / "tables", tmp_path / "findings.md", html, DS, {}, None)
+    write_findings(tables=tmp_path / "tables", md=tmp_path / "findings.md", html=html, settings={}, dataset=DS)
     png = tmp_path / "page.png"
     _screenshot(html.resolve().as_uri(), png, tmp_path / "profile")
     img = mpimg.imread(png)[..., :3]

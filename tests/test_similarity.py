@@ -1,4 +1,5 @@
 """Similarity measures (CKA, debiased CKA, LR, CCA, SVCCA) and the three similarity entry points."""
+
 from __future__ import annotations
 
 import json
@@ -7,16 +8,24 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_fake_mel
+
+from deepfeat import config
 from deepfeat import similarity as sim
-from deepfeat.io import get_logger, write_h5
+from deepfeat.formats.cliptable import seeded_subset
+from deepfeat.formats.files import open_h5, write_h5
+from deepfeat.formats.tables import SIMILARITY_COLUMNS, read_similarity
+from deepfeat.runtime import get_logger
+from deepfeat.similarity.bootstrap import _bootstrap_ci, _cka_psi
+from deepfeat.similarity.channels import _channel_measures, _channel_stats
+from deepfeat.similarity.gram import GRAM_STREAM
+from deepfeat.similarity.measures import _Spec, _svals, _svcca_dim
 
 ALL = sim.MEASURES
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Naive references: the QR/SVD forms of method.md, and the U-statistic HSIC on explicit Gram matrices
+# Naive references: the QR/SVD forms of docs/method.md, and the U-statistic HSIC on explicit Gram matrices
 # ---------------------------------------------------------------------------------------------------------
 def _c(X):
     return X - X.mean(0)
@@ -34,8 +43,9 @@ def ref_hsic_u(K, L):
     np.fill_diagonal(K, 0)
     np.fill_diagonal(L, 0)
     one = np.ones(n)
-    return (np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
-            - 2 / (n - 2) * (one @ K @ L @ one)) / (n * (n - 3))
+    return (
+        np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ K @ L @ one)
+    ) / (n * (n - 3))
 
 
 def ref_cka_debiased(X, Y):
@@ -79,8 +89,15 @@ def ref_svcca(X, Y, variance=0.99, dims=None):
 def ref_all(X, Y):
     r2c, rhoc = ref_cca(X, Y)
     r2s, rhos = ref_svcca(X, Y)
-    return dict(cka=ref_cka(X, Y), cka_debiased=ref_cka_debiased(X, Y), r2_lr=ref_lr(X, Y), r2_cca=r2c,
-                rho_cca=rhoc, r2_svcca=r2s, rho_svcca=rhos)
+    return dict(
+        cka=ref_cka(X, Y),
+        cka_debiased=ref_cka_debiased(X, Y),
+        r2_lr=ref_lr(X, Y),
+        r2_cca=r2c,
+        rho_cca=rhoc,
+        r2_svcca=r2s,
+        rho_svcca=rhos,
+    )
 
 
 def related(rng, n=90, p1=8, p2=13, offset=0.0):
@@ -167,7 +184,7 @@ def test_svcca_keeps_the_crossing_component():
     # X with variance shares 0.6, 0.3, 0.095, 0.005: 99% is crossed by the third component -> d_X = 3
     U, _ = np.linalg.qr(_c(rng.normal(size=(n, 4))))
     X = U * np.sqrt(np.array([0.6, 0.3, 0.095, 0.005]) * 1000)
-    assert sim._svcca_dim(torch.tensor([0.6, 0.3, 0.095, 0.005], dtype=torch.float64), 0.99, 4) == 3
+    assert _svcca_dim(torch.tensor([0.6, 0.3, 0.095, 0.005], dtype=torch.float64), 0.99, 4) == 3
     assert ref_svcca_dims(X)[1] == 3
     Y = (U[:, 2] + 0.02 * rng.normal(size=n))[:, None]  # lives in X's third direction
     got = sim.svcca(X, Y)
@@ -226,12 +243,12 @@ def test_bootstrap_influence_matches_finite_reweighting():
     n = len(X)
     Xc, Yc = _c(X), _c(Y)
     Cxy, Cxx, Cyy = Xc.T @ Yc, Xc.T @ Xc, Yc.T @ Yc
-    sx = sim._Spec(n=n, p=5, trace=0, fro2=float((Cxx**2).sum()), aa=0)
-    sy = sim._Spec(n=n, p=7, trace=0, fro2=float((Cyy**2).sum()), aa=0)
+    sx = _Spec(n=n, p=5, trace=0, fro2=float((Cxx**2).sum()), aa=0)
+    sy = _Spec(n=n, p=7, trace=0, fro2=float((Cyy**2).sum()), aa=0)
     r = ((Xc @ Cxy) * Yc).sum(1)
     qx, qy = ((Xc @ Cxx) * Xc).sum(1), ((Yc @ Cyy) * Yc).sum(1)
     c0 = ref_cka(X, Y)
-    psi = sim._cka_psi(r, qx, qy, sx, sy, c0, n)
+    psi = _cka_psi(r, qx, qy, sx, sy, c0, n)
     assert abs(psi.sum()) < 1e-8
 
     def wcka(w):
@@ -253,11 +270,11 @@ def test_linearised_bootstrap_interval_matches_a_naive_bootstrap():
     X, Y = related(rng, n=n, p1=6, p2=9)
     Xc, Yc = _c(X), _c(Y)
     Cxy, Cxx, Cyy = Xc.T @ Yc, Xc.T @ Xc, Yc.T @ Yc
-    sx = sim._Spec(n=n, p=6, trace=0, fro2=float((Cxx**2).sum()), aa=0)
-    sy = sim._Spec(n=n, p=9, trace=0, fro2=float((Cyy**2).sum()), aa=0)
+    sx = _Spec(n=n, p=6, trace=0, fro2=float((Cxx**2).sum()), aa=0)
+    sy = _Spec(n=n, p=9, trace=0, fro2=float((Cyy**2).sum()), aa=0)
     c0 = ref_cka(X, Y)
-    psi = sim._cka_psi(((Xc @ Cxy) * Yc).sum(1), ((Xc @ Cxx) * Xc).sum(1), ((Yc @ Cyy) * Yc).sum(1), sx, sy, c0, n)
-    lo, hi = sim._bootstrap_ci(np.array([c0]), psi[:, None], 2000, 0, 0)
+    psi = _cka_psi(((Xc @ Cxy) * Yc).sum(1), ((Xc @ Cxx) * Xc).sum(1), ((Yc @ Cyy) * Yc).sum(1), sx, sy, c0, n)
+    lo, hi = _bootstrap_ci(np.array([c0]), psi[:, None], 2000, 0, 0)
     naive = [ref_cka(X[i], Y[i]) for i in rng.integers(0, n, (300, n))]
     nlo, nhi = np.quantile(naive, [0.025, 0.975])
     assert lo[0] < c0 < hi[0]
@@ -275,8 +292,8 @@ def test_channel_cka_streamed_equals_in_memory():
             assert C[c, d] == pytest.approx(ref_cka(A[:, c].reshape(33, -1), A[:, d].reshape(33, -1)), abs=1e-12)
     assert C[0, 1] > 0.9
     At = torch.as_tensor(A.reshape(33, 4, -1)) - torch.as_tensor(A.reshape(33, 4, -1)).mean(0)
-    F, a, r = sim._channel_stats(lambda idx: {"x": At[torch.as_tensor(idx)]}, 33, 7, True)["x"]
-    np.testing.assert_allclose(sim._channel_measures(F, a, 33, ("cka",))["cka"], C, atol=1e-12)
+    F, a, r = _channel_stats(lambda idx: {"x": At[torch.as_tensor(idx)]}, 33, 7, True)["x"]
+    np.testing.assert_allclose(_channel_measures(F, a, 33, ("cka",))["cka"], C, atol=1e-12)
     K = torch.einsum("icp,jcp->cij", At, At)
     np.testing.assert_allclose(r.numpy(), torch.einsum("cij,dij->cdi", K, K).numpy(), rtol=1e-10, atol=1e-10)
 
@@ -284,8 +301,12 @@ def test_channel_cka_streamed_equals_in_memory():
 # ---------------------------------------------------------------------------------------------------------
 # Entry points on small synthetic files
 # ---------------------------------------------------------------------------------------------------------
-HC = {"rms": ("RMS", 6), "mean_power_frequency": ("Mean Power (frequency)", 9), "random": ("Random", 5),
-      "dwt_db10_horizontal": ("DWT db10 (horizontal)", 50)}
+HC = {
+    "rms": ("RMS", 6),
+    "mean_power_frequency": ("Mean Power (frequency)", 9),
+    "random": ("Random", 5),
+    "dwt_db10_horizontal": ("DWT db10 (horizontal)", 50),
+}
 LAYERS = {"conv1": 48, "pool1": 12, "conv3": 5}  # conv1 and the DWT feature are wider than n_train -> Gram form
 
 
@@ -327,7 +348,7 @@ def zscore(x, train):
 
 
 def _check_table(df):
-    assert list(df.columns) == sim.COLUMNS
+    assert list(df.columns) == SIMILARITY_COLUMNS
     assert df["measure"].isin(sim.MEASURES).all()
     assert (df["flag"].fillna("") != "").eq(df["value"].isna()).all()
 
@@ -342,13 +363,38 @@ def files(tmp_path):
     return tmp_path, train, deep, hc
 
 
+def run_deep(tmp, params, log=None, deep="deep.h5", moments=None, table="deep.csv"):
+    """The similarity_deep job on the fixture's files (``params``: the similarity settings)."""
+    return sim.similarity_deep(
+        deep=tmp / deep,
+        features=tmp / "handcrafted.h5",
+        mel=tmp / "mel.h5",
+        table=tmp / table,
+        settings={"similarity": params},
+        dataset="toy",
+        moments=moments,
+        log=log,
+    )
+
+
+def run_channels(tmp, params, log=None, model="model.pt", table="channels.csv"):
+    """The similarity_channels job on the fixture's mel.h5 (activations at the raw point)."""
+    return sim.similarity_channels(
+        model=tmp / model,
+        mel=tmp / "mel.h5",
+        table=tmp / table,
+        settings={"similarity": params, "deep": {"point": "raw"}},
+        dataset=tmp.name,
+        log=log,
+    )
+
+
 @pytest.mark.parametrize("memory_mb,chunk", [(4000, 1024), (0.004, 7)])
 def test_similarity_deep_table(files, memory_mb, chunk):
     """The tiny budget (4 kB) splits sources into many passes and makes the Gram cache evict."""
     tmp, train, deep, hc = files
     params = dict(bootstrap=40, seed=3, device="cpu", memory_mb=memory_mb, chunk_size=chunk)
-    df = sim.similarity_deep(tmp / "deep.h5", tmp / "handcrafted.h5", tmp / "mel.h5", params, "toy",
-                             get_logger(None, "test_sim"))
+    df = run_deep(tmp, params, get_logger(None, "test_sim"))
     _check_table(df)
     n_hc, n_l = len(HC), len(LAYERS)
     per = {"deep_vs_handcrafted": 2 * n_l * n_hc, "trained_vs_untrained": n_l, "layer_vs_layer": 2 * 3}
@@ -380,16 +426,15 @@ def test_similarity_deep_table(files, memory_mb, chunk):
 
 def test_similarity_deep_cka_only_skips_eigendecompositions(files):
     tmp, train, deep, hc = files
-    args = (tmp / "deep.h5", tmp / "handcrafted.h5", tmp / "mel.h5")
-    full = sim.similarity_deep(*args, {"device": "cpu", "bootstrap": 5}, "toy")
-    only = sim.similarity_deep(*args, {"device": "cpu", "bootstrap": 5, "measures": ["cka", "cka_debiased"]}, "toy")
+    full = run_deep(tmp, {"device": "cpu", "bootstrap": 5})
+    only = run_deep(tmp, {"device": "cpu", "bootstrap": 5, "measures": ["cka", "cka_debiased"]})
     assert set(only["measure"]) == {"cka", "cka_debiased"}
     merged = only.merge(full, on=["comparison", "layer_a", "trained_a", "layer_b", "trained_b", "feature_b", "measure"])
     assert len(merged) == len(only)
     np.testing.assert_allclose(merged["value_x"], merged["value_y"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(merged["ci_low_x"], merged["ci_low_y"], rtol=0, atol=1e-10)
     # CKA alone: no row-norm sums are accumulated, the values stay the same
-    cka = sim.similarity_deep(*args, {"device": "cpu", "bootstrap": 5, "measures": ["cka"]}, "toy")
+    cka = run_deep(tmp, {"device": "cpu", "bootstrap": 5, "measures": ["cka"]})
     m2 = cka.merge(full, on=["comparison", "layer_a", "trained_a", "layer_b", "trained_b", "feature_b", "measure"])
     assert len(m2) == len(cka) and set(cka["measure"]) == {"cka"}
     np.testing.assert_allclose(m2["value_x"], m2["value_y"], rtol=0, atol=1e-10)
@@ -400,10 +445,11 @@ def test_similarity_deep_rejects_misaligned_rows(files):
     tmp, train, deep, hc = files
     write_deep(tmp / "short.h5", 50)
     with pytest.raises(ValueError, match="short.h5.*50 rows"):
-        sim.similarity_deep(tmp / "short.h5", tmp / "handcrafted.h5", tmp / "mel.h5", {"device": "cpu"}, "toy")
+        run_deep(tmp, {"device": "cpu"}, deep="short.h5")
     # a deep file whose copy of the clip table lists the clips in another order
     from conftest import TASKS, make_meta
-    from deepfeat.io import write_clip_table
+
+    from deepfeat.formats.cliptable import write_clip_table
 
     write_deep(tmp / "other.h5", 60)
     import h5py
@@ -411,7 +457,7 @@ def test_similarity_deep_rejects_misaligned_rows(files):
     with h5py.File(tmp / "other.h5", "a") as f:
         write_clip_table(f, make_meta(60).iloc[::-1], TASKS, "family")
     with pytest.raises(ValueError, match="other.h5: its clip table does not match"):
-        sim.similarity_deep(tmp / "other.h5", tmp / "handcrafted.h5", tmp / "mel.h5", {"device": "cpu"}, "toy")
+        run_deep(tmp, {"device": "cpu"}, deep="other.h5")
 
 
 def test_similarity_cross_table(files):
@@ -422,12 +468,14 @@ def test_similarity_cross_table(files):
             p = tmp / f"{arch}{seed}.h5"
             write_deep(p, 60, arch=arch, seed=seed, shift=0.3 if arch == "Dilated" else 0.0)
             paths.append(p)
-    df = sim.similarity_cross(paths, tmp / "mel.h5", {"device": "cpu", "bootstrap": 10,
-                                                      "measures": ["cka", "r2_svcca"]}, "toy")
+    settings = {"similarity": {"device": "cpu", "bootstrap": 10, "measures": ["cka", "r2_svcca"]}}
+    df = sim.similarity_cross(deep=paths, mel=tmp / "mel.h5", table=tmp / "cross.csv", settings=settings, dataset="toy")
     _check_table(df)
     n_l = len(LAYERS)
-    assert df.groupby("comparison").size().to_dict() == {"seed_vs_seed": 2 * 2 * n_l * 2,
-                                                         "arch_vs_arch": 2 * 2 * n_l * 2}
+    assert df.groupby("comparison").size().to_dict() == {
+        "seed_vs_seed": 2 * 2 * n_l * 2,
+        "arch_vs_arch": 2 * 2 * n_l * 2,
+    }
     s = df[df["comparison"] == "seed_vs_seed"]
     assert (s["arch_a"] == s["arch_b"]).all() and (s["seed_a"] < s["seed_b"]).all()
     a = df[df["comparison"] == "arch_vs_arch"]
@@ -438,7 +486,7 @@ def test_similarity_cross_table(files):
 
 def test_similarity_channels_table(files, monkeypatch):
     tmp, train, _, _ = files
-    from deepfeat import extract, models
+    from deepfeat.nets import activations, models
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 3, 3)
@@ -457,16 +505,14 @@ def test_similarity_channels_table(files, monkeypatch):
         return {"conv1": c, "pool1": model.pool(c)}
 
     monkeypatch.setattr(models, "load_model", fake_load)
-    monkeypatch.setattr(extract, "layer_activations", fake_acts)
-    df = sim.similarity_channels(tmp / "model.pt", tmp / "mel.h5", {"device": "cpu", "bootstrap": 20,
-                                                                     "memory_mb": 1},
-                                 {"point": "raw"}, get_logger(None, "test_sim"))
+    monkeypatch.setattr(activations, "layer_activations", fake_acts)
+    df = run_channels(tmp, {"device": "cpu", "bootstrap": 20, "memory_mb": 1}, get_logger(None, "test_sim"))
     _check_table(df)
     assert set(df["comparison"]) == {"channel_vs_channel"} and set(df["dataset"]) == {tmp.name}
     assert len(df) == 2 * 2 * 3 * 2  # states x layers x channel pairs x (cka, cka_debiased)
     assert set(df["layer_a"]) == {"conv1/ch0", "conv1/ch1", "pool1/ch0", "pool1/ch1"}
     # equals channel_cka on the activations of the training clips
-    with __import__("deepfeat.io", fromlist=["open_h5"]).open_h5(tmp / "mel.h5", "mel") as f:
+    with open_h5(tmp / "mel.h5", "mel") as f:
         mel = f["mel"][:][train]
     with torch.no_grad():
         acts = fake_acts(Net(), (torch.as_tensor(mel)[:, None] + 40.0) / 8.0, ["conv1"])["conv1"]
@@ -489,14 +535,15 @@ class _Lines(list):
         return True
 
 
-def _deep_args(tmp):
-    return tmp / "deep.h5", tmp / "handcrafted.h5", tmp / "mel.h5"
-
-
 def _build_moments(tmp, params):
-    hm = sim.handcrafted_moments(tmp / "handcrafted.h5", tmp / "mel.h5", params, get_logger(None, "test_sim"))
     path = tmp / "handcrafted_moments.h5"
-    sim.write_handcrafted_moments(hm, path, tmp / "handcrafted.h5")
+    sim.handcrafted_moments(
+        features=tmp / "handcrafted.h5",
+        mel=tmp / "mel.h5",
+        moments=path,
+        settings={"similarity": params},
+        log=get_logger(None, "test_sim"),
+    )
     return path
 
 
@@ -518,12 +565,11 @@ def test_cached_self_terms_give_the_uncached_table(files, memory_mb, gram_max_cl
     """Gram space (default budget) and pair-by-pair factors (tiny budget); a Gram subset smaller than the
     training set (20 of 42 clips) makes the cache stream the feature-form covariances separately."""
     tmp, train, _, _ = files
-    params = dict(bootstrap=30, seed=5, device="cpu", memory_mb=memory_mb, gram_max_clips=gram_max_clips,
-                  chunk_size=16)
+    params = dict(bootstrap=30, seed=5, device="cpu", memory_mb=memory_mb, gram_max_clips=gram_max_clips, chunk_size=16)
     path = _build_moments(tmp, params)
     lines = _Lines()
-    cached = sim.similarity_deep(*_deep_args(tmp), params, "toy", lines, moments_h5=path)
-    uncached = sim.similarity_deep(*_deep_args(tmp), params, "toy", get_logger(None, "test_sim"))
+    cached = run_deep(tmp, params, lines, moments=path)
+    uncached = run_deep(tmp, params, get_logger(None, "test_sim"))
     assert any("self terms read from" in s for s in lines)
     assert not any("z-scored" in s for s in lines)  # the hand-crafted columns were not re-standardised
     assert any(("Gram space" in s) == (memory_mb > 1) for s in lines if s.startswith("Gram form"))
@@ -540,7 +586,7 @@ def test_moments_file_holds_the_self_terms(files):
     hm = sim.read_handcrafted_moments(path)
     assert hm.n == n and hm.m == 30 and hm.settings == {"max_features": 12000, "gram_max_clips": 30, "seed": 2}
     assert set(hm.gram) == set(hm.keys) and set(hm.feature) == {"rms", "mean_power_frequency", "random"}
-    sub = np.flatnonzero(train)[sim._gram_subset(n, 30, 2)]
+    sub = np.flatnonzero(train)[seeded_subset(n, 30, 2, GRAM_STREAM)]
     assert np.array_equal(hm.sub_rows, sub)
     for key, (name, p) in HC.items():
         z = zscore(hc[name].astype(np.float64), train)
@@ -549,8 +595,9 @@ def test_moments_file_holds_the_self_terms(files):
         C = y.T @ y
         if key in hm.feature:
             f = hm.feature[key]
-            np.testing.assert_allclose(f["lam"], np.sort(np.clip(np.linalg.eigvalsh(C), 0, None))[::-1],
-                                       rtol=1e-10, atol=1e-9)
+            np.testing.assert_allclose(
+                f["lam"], np.sort(np.clip(np.linalg.eigvalsh(C), 0, None))[::-1], rtol=1e-10, atol=1e-9
+            )
             assert f["fro2"] == pytest.approx((C * C).sum(), rel=1e-12)
             assert f["aa"] == pytest.approx((((y * y).sum(1)) ** 2).sum(), rel=1e-12)
             np.testing.assert_allclose(f["q"], ((y @ C) * y).sum(1), rtol=1e-10)
@@ -571,24 +618,24 @@ def test_stale_moments_are_refused(files):
     tmp, *_ = files
     path = _build_moments(tmp, {"device": "cpu"})
     with pytest.raises(ValueError, match="handcrafted_moments.h5: built with other similarity settings"):
-        sim.similarity_deep(*_deep_args(tmp), {"device": "cpu", "seed": 9}, "toy", moments_h5=path)
+        run_deep(tmp, {"device": "cpu", "seed": 9}, moments=path)
     write_hc(tmp / "handcrafted.h5", 60, seed=1)  # same features, other values: still consistent widths ...
     import h5py
 
     with h5py.File(tmp / "handcrafted.h5", "a") as f:  # ... but one more feature is a different store
         f["features"].create_dataset("extra", data=np.ones((60, 2), np.float32))
     with pytest.raises(ValueError, match="its features differ"):
-        sim.similarity_deep(*_deep_args(tmp), {"device": "cpu"}, "toy", moments_h5=path)
+        run_deep(tmp, {"device": "cpu"}, moments=path)
 
 
 def test_fast_singular_values():
     rng = np.random.default_rng(13)
     W = torch.as_tensor(rng.normal(size=(40, 12)))
-    np.testing.assert_allclose(sim._svals(W).numpy(), torch.linalg.svdvals(W).numpy(), rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(sim._svals(W.T).numpy(), torch.linalg.svdvals(W).numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(_svals(W).numpy(), torch.linalg.svdvals(W).numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(_svals(W.T).numpy(), torch.linalg.svdvals(W).numpy(), rtol=1e-12, atol=1e-13)
     Wd = W.clone()
     Wd[:, 3] = 1e-9 * Wd[:, 0] + Wd[:, 1]  # nearly dependent: singular value ~1e-9, the SVD fallback keeps it
-    s = sim._svals(Wd)
+    s = _svals(Wd)
     np.testing.assert_allclose(s.numpy(), torch.linalg.svdvals(Wd).numpy(), rtol=1e-12, atol=1e-15)
     assert 0 < float(s[-1]) < 1e-8
 
@@ -596,7 +643,7 @@ def test_fast_singular_values():
 def test_similarity_channels_subset(files, monkeypatch):
     """channel_max_clips < n_train: a seeded subset, n says so; in-memory and streamed (tiny budget) agree."""
     tmp, train, _, _ = files
-    from deepfeat import extract, models
+    from deepfeat.nets import activations, models
 
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(1, 4, 3)
@@ -606,25 +653,128 @@ def test_similarity_channels_subset(files, monkeypatch):
             super().__init__()
             self.conv = conv
 
-    monkeypatch.setattr(models, "load_model", lambda path, which="trained", device=None: (
-        Net(), {"arch": "Regular", "seed": 4, "task": "family", "train_mean": -40.0, "train_std": 8.0}))
-    monkeypatch.setattr(extract, "layer_activations", lambda model, x, layers, point="raw": {
-        "conv1": model.conv(x), "pool1": torch.nn.functional.max_pool2d(model.conv(x), 2)})
+    monkeypatch.setattr(
+        models,
+        "load_model",
+        lambda path, which="trained", device=None: (
+            Net(),
+            {"arch": "Regular", "seed": 4, "task": "family", "train_mean": -40.0, "train_std": 8.0},
+        ),
+    )
+    monkeypatch.setattr(
+        activations,
+        "layer_activations",
+        lambda model, x, layers, point="raw": {
+            "conv1": model.conv(x),
+            "pool1": torch.nn.functional.max_pool2d(model.conv(x), 2),
+        },
+    )
     base = {"device": "cpu", "bootstrap": 20, "channel_max_clips": 25, "seed": 3}
     lines = _Lines()
-    df = sim.similarity_channels(tmp / "m.pt", tmp / "mel.h5", base, {"point": "raw"}, lines)
+    df = run_channels(tmp, base, lines, model="m.pt")
     assert (df["n"] == 25).all() and any("on 25 of 42 training clips (seeded subset" in s for s in lines)
-    streamed = sim.similarity_channels(tmp / "m.pt", tmp / "mel.h5", {**base, "memory_mb": 0.01}, {"point": "raw"})
+    streamed = run_channels(tmp, {**base, "memory_mb": 0.01}, model="m.pt")
     np.testing.assert_allclose(streamed["value"], df["value"], atol=1e-12)
     np.testing.assert_allclose(streamed["ci_low"], df["ci_low"], atol=1e-12, equal_nan=True)
     # the values are channel_cka on the seeded subset of the training clips
     rows_train = np.flatnonzero(train)
     rows = np.sort(rows_train[np.random.default_rng([3, 104729]).choice(len(rows_train), 25, replace=False)])
-    with __import__("deepfeat.io", fromlist=["open_h5"]).open_h5(tmp / "mel.h5", "mel") as f:
+    with open_h5(tmp / "mel.h5", "mel") as f:
         mel = f["mel"][:][rows]
     with torch.no_grad():
         C = sim.channel_cka(conv((torch.as_tensor(mel)[:, None] + 40.0) / 8.0).double())
     got = df[(df["layer_a"] == "conv1/ch1") & (df["layer_b"] == "conv1/ch3") & (df["measure"] == "cka")]
     assert got["value"].iloc[0] == pytest.approx(C[1, 3], abs=1e-9)
-    other = sim.similarity_channels(tmp / "m.pt", tmp / "mel.h5", {**base, "seed": 4}, {"point": "raw"})
+    other = run_channels(tmp, {**base, "seed": 4}, model="m.pt")
     assert np.abs(other["value"].to_numpy() - df["value"].to_numpy()).max() > 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings, declarations and written outputs of the jobs
+# ---------------------------------------------------------------------------------------------------------
+def test_job_declarations():
+    """What each job reads (its results depend on it: a change reruns it) and tunes (speed, memory, device)."""
+    result = ("measures", "svcca_variance", "max_features", "gram_max_clips", "bootstrap", "seed", "rank_rtol")
+    tuning = {"similarity": ("device", "chunk_size", "memory_mb")}
+    assert sim.handcrafted_moments.job.reads == {"similarity": sim.MOMENT_SETTINGS}
+    assert sim.handcrafted_moments.job.tunes == tuning
+    for fn in (sim.similarity_deep, sim.similarity_cross):
+        assert fn.job.reads == {"similarity": result} and fn.job.tunes == tuning
+    assert sim.similarity_channels.job.reads == {
+        "similarity": ("measures", "channel_max_clips", "bootstrap", "seed"),
+        "deep": ("point",),
+    }
+    assert sim.similarity_channels.job.tunes == {"similarity": ("device", "memory_mb")}
+
+
+def test_unknown_or_invalid_settings_are_rejected(files):
+    tmp, *_ = files
+    with pytest.raises(config.ConfigError, match=r"similarity\.bootstrapp: unknown key"):
+        run_deep(tmp, {"device": "cpu", "bootstrapp": 3})
+    with pytest.raises(config.ConfigError, match=r"similarity\.measures"):
+        run_deep(tmp, {"device": "cpu", "measures": ["cka", "no_such_measure"]})
+    with pytest.raises(config.ConfigError, match=r"deep\.pointt: unknown key"):
+        sim.similarity_channels(
+            model=tmp / "m.pt",
+            mel=tmp / "mel.h5",
+            table=tmp / "c.csv",
+            dataset="toy",
+            settings={"similarity": {"device": "cpu"}, "deep": {"pointt": "raw"}},
+        )
+    with pytest.raises(config.ConfigError, match=r"similarity\.gram_max_clips"):
+        _build_moments(tmp, {"device": "cpu", "gram_max_clips": 3})
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(config.ConfigError, match=r"similarity\.svcca_variance"):
+        sim.all_measures(X, X, svcca_variance=0)
+    with pytest.raises(config.ConfigError, match=r"similarity\.measures"):
+        sim.all_measures(X, X, measures=("cka", "nope"))
+    assert not (tmp / "deep.csv").exists()
+
+
+def test_single_pair_defaults_are_the_schema_defaults():
+    rng = np.random.default_rng(14)
+    X, Y = related(rng, n=60, p1=7, p2=30)
+    keys = ("measures", "svcca_variance", "max_features", "rank_rtol")
+    explicit = sim.all_measures(X, Y, **{k: config.default("similarity", k) for k in keys})
+    assert sim.all_measures(X, Y) == explicit
+    assert list(explicit)[: len(ALL)] == list(ALL)
+    assert sim.svcca(X, Y) == sim.svcca(X, Y, variance=config.default("similarity", "svcca_variance"))
+
+
+def test_measures_are_reported_once_in_the_canonical_order(files):
+    tmp, *_ = files
+    df = run_deep(tmp, {"device": "cpu", "bootstrap": 0, "measures": ["rho_cca", "cka", "rho_cca"]})
+    assert list(df["measure"][:4]) == ["cka", "rho_cca", "cka", "rho_cca"]
+    assert len(df) == 2 * len(df.drop_duplicates(["comparison", "layer_a", "trained_a", "layer_b", "feature_b"]))
+
+
+def test_jobs_write_what_they_return(files):
+    tmp, *_ = files
+    params = {"device": "cpu", "bootstrap": 3, "measures": ["cka", "r2_lr"]}
+    path = _build_moments(tmp, params)
+    hm = sim.read_handcrafted_moments(path)
+    assert hm.keys == sorted(HC) and hm.names["random"] == "Random" and set(hm.gram_B) == set(HC)  # file order
+    for df, table in (
+        (run_deep(tmp, params, moments=path), "deep.csv"),
+        (
+            sim.similarity_cross(
+                deep=[tmp / "deep.h5"],
+                mel=tmp / "mel.h5",
+                table=tmp / "cross.csv",
+                settings={"similarity": params},
+                dataset="toy",
+            ),
+            "cross.csv",
+        ),
+    ):
+        back = read_similarity(tmp / table, dataset="toy")
+        assert len(back) == len(df) and list(back.columns) == SIMILARITY_COLUMNS
+        np.testing.assert_array_equal(back["value"].to_numpy(), df["value"].to_numpy(dtype=np.float64))
+    assert len(read_similarity(tmp / "cross.csv")) == 0  # one model: nothing to compare, an empty table
+
+
+def test_arch_order_is_the_networks_order():
+    from deepfeat.nets.models import ARCHS
+    from deepfeat.similarity.comparisons import ARCH_ORDER
+
+    assert ARCH_ORDER == tuple(ARCHS)

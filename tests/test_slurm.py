@@ -4,6 +4,7 @@ The run uses profiles/slurm exactly as shipped, overriding only what differs on 
 partition is 'debug', it has no accounting and 2 CPUs), and checks that every job went through sbatch and
 that GPU-tagged jobs asked for a GPU.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,12 +15,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from e2e import copy_checkout, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-GPU_RULES = {"train", "extract", "probe_handcrafted", "probe_deep", "similarity_deep", "similarity_channels",
-             "similarity_cross", "handcrafted_moments"}
+GPU_RULES = {
+    "train",
+    "extract",
+    "probe_handcrafted",
+    "probe_deep",
+    "similarity_deep",
+    "similarity_channels",
+    "similarity_cross",
+    "handcrafted_moments",
+}
 
 
 def cluster_up() -> bool:
@@ -45,14 +53,24 @@ def test_tiny_workflow_runs_through_slurm(tmp_path):
     t0 = time.time()
     r = snakemake(
         work,
-        "--profile", "profiles/slurm",
-        "--configfile", "slurm_test.yaml",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "slurm_test.yaml",
         "--slurm-no-account",
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "5",
-        "--default-resources", "slurm_partition=debug", "cpus_per_task=1", "mem_mb=2000", "runtime=30",
-        "--set-resources", *overrides,
-        "--jobs", "4",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "--default-resources",
+        "slurm_partition=debug",
+        "cpus_per_task=1",
+        "mem_mb=2000",
+        "runtime=30",
+        "--set-resources",
+        *overrides,
+        "--jobs",
+        "4",
         "--slurm-keep-successful-logs",
         timeout=1500,
     )

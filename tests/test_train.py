@@ -1,4 +1,5 @@
 """Training: outputs and their format, metrics against a direct evaluation, seed determinism, exact resume."""
+
 from __future__ import annotations
 
 import math
@@ -8,15 +9,38 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
-import deepfeat.train as T
 from conftest import write_fake_mel
-from deepfeat.io import get_logger, open_h5, task_targets
-from deepfeat.models import build_model, load_model
+
+import deepfeat.nets.train as T
+from deepfeat.config import ConfigError
+from deepfeat.formats.cliptable import task_targets
+from deepfeat.formats.files import open_h5
+from deepfeat.formats.tables import HISTORY_COLUMNS
+from deepfeat.nets import standardise_input, train_model
+from deepfeat.nets.models import build_model, load_model
+from deepfeat.runtime import get_logger
 
 FAST = {"epochs": 2, "batch_size": 8, "lr": 0.005, "momentum": 0.9, "device": "cpu"}
-META_KEYS = {"arch", "seed", "task", "task_type", "n_outputs", "input_shape", "train_mean", "train_std", "classes",
-             "target_mean", "target_std", "epochs", "lr", "momentum", "batch_size", "n_params", "device", "seconds"}
+META_KEYS = {
+    "arch",
+    "seed",
+    "task",
+    "task_type",
+    "n_outputs",
+    "input_shape",
+    "train_mean",
+    "train_std",
+    "classes",
+    "target_mean",
+    "target_std",
+    "epochs",
+    "lr",
+    "momentum",
+    "batch_size",
+    "n_params",
+    "device",
+    "seconds",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +52,17 @@ def mel(tmp_path_factory):
 
 def _run(mel, tmp_path, name="m", task="family", arch="Regular", seed=1, ckpt=True, **kw):
     out = tmp_path / f"{name}.pt"
-    hist = T.train_model(mel, task, arch, seed, {**FAST, **kw}, out, tmp_path / f"{name}.history.csv",
-                         tmp_path / f"{name}.ckpt" if ckpt else None, log=get_logger(tmp_path / f"{name}.log"))
+    hist = T.train_model(
+        mel=mel,
+        model=out,
+        history=tmp_path / f"{name}.history.csv",
+        settings={"models": {**FAST, **kw}},
+        task=task,
+        arch=arch,
+        seed=seed,
+        checkpoint=tmp_path / f"{name}.ckpt" if ckpt else None,
+        log=get_logger(tmp_path / f"{name}.log"),
+    )
     return out, hist
 
 
@@ -63,11 +96,13 @@ def test_classification_outputs_and_metrics(mel, tmp_path):
     assert obj["format"] == "deepfeat-model-1" and set(obj) == {"format", "meta", "init_state", "final_state"}
     meta = obj["meta"]
     assert META_KEYS <= set(meta)
-    assert meta["input_shape"] == [1, 64, 64] and meta["n_outputs"] == 3 and meta["classes"] == ["class0", "class1", "class2"]
+    assert meta["input_shape"] == [1, 64, 64] and meta["n_outputs"] == 3
+    assert meta["classes"] == ["class0", "class1", "class2"]
     assert meta["task_type"] == "classification" and meta["epochs"] == 3 and meta["device"] == "cpu"
     csv = pd.read_csv(tmp_path / "m.history.csv")
-    assert list(csv.columns) == T.HISTORY_COLUMNS and csv["epoch"].tolist() == [1, 2, 3]
-    assert (csv["metric"] == "accuracy").all() and csv["train_metric"].between(0, 1).all() and (csv["clips_per_s"] > 0).all()
+    assert list(csv.columns) == HISTORY_COLUMNS and csv["epoch"].tolist() == [1, 2, 3]
+    assert (csv["metric"] == "accuracy").all() and csv["train_metric"].between(0, 1).all()
+    assert (csv["clips_per_s"] > 0).all()
     pd.testing.assert_frame_equal(csv, hist, check_dtype=False)
     assert not (tmp_path / "m.ckpt").exists()  # removed once the model file is written
     log = (tmp_path / "m.log").read_text()
@@ -186,3 +221,24 @@ def test_bad_inputs(mel, tmp_path):
         _run(mel, tmp_path, arch="VGG")
     with pytest.raises(ValueError, match="epochs"):
         _run(mel, tmp_path, epochs=0)
+
+
+def test_unknown_settings_are_rejected_and_defaults_come_from_the_schema(mel, tmp_path):
+    with pytest.raises(ConfigError, match="models.epoch: unknown key"):
+        _run(mel, tmp_path, epoch=3)  # a misspelt key was silently ignored before
+    with pytest.raises(ConfigError, match="models.lr"):
+        _run(mel, tmp_path, lr=-1.0)
+    assert train_model is T.train_model and train_model.job.reads == {
+        "models": ("epochs", "batch_size", "lr", "momentum")
+    }
+    assert train_model.job.tunes == {"models": ("device", "checkpoint_every")}
+
+
+def test_inputs_are_standardised_by_the_one_input_standardisation(mel):
+    with open_h5(mel, "mel") as f:
+        xs, norm = T.load_inputs(f, torch.device("cpu"))
+        x, split = f["mel"][:], f["meta/split"][:]
+        stats = {k: float(f.attrs[k]) for k in ("train_mean", "train_std")}
+    assert norm == {**stats, "input_shape": [1, 64, 64]}
+    assert torch.equal(xs["train"], standardise_input(x[split == 0], stats))
+    assert torch.equal(xs["test"], standardise_input(x[split == 1], stats))

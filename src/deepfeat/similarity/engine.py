@@ -1,0 +1,100 @@
+"""The similarity engine: the measures of many block pairs over the training rows of HDF5 files.
+
+:class:`_Engine` reads its sources through :class:`~deepfeat.similarity.reader._Reader` and computes each pair in
+one of two forms, chosen per block: the feature form (streamed covariance blocks, both blocks at most
+``max_features`` columns and fewer than n: :mod:`deepfeat.similarity.feature_form`) or the Gram form (any wider
+block: :mod:`deepfeat.similarity.gram_form`, :mod:`deepfeat.similarity.gram_space`); then the bootstrap
+intervals of CKA (:mod:`deepfeat.similarity.bootstrap`). With an engine cache (the hand-crafted self terms of
+:mod:`deepfeat.similarity.cache`) one source's self terms are read instead of computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from deepfeat.similarity.bootstrap import _bootstrap_ci
+from deepfeat.similarity.feature_form import _FeatureForm
+from deepfeat.similarity.gram_form import _GramForm
+from deepfeat.similarity.gram_space import _GramSpace
+from deepfeat.similarity.measures import EIG_MEASURES
+from deepfeat.similarity.reader import _Reader
+from deepfeat.similarity.sources import _Source
+
+
+class _Engine(_FeatureForm, _GramForm, _GramSpace, _Reader):
+    """Computes the measures of many segment pairs over the training rows of HDF5 files (see module docstring).
+
+    ``cache``: a :class:`~deepfeat.similarity.cache._EngineCache` (self terms of one source read, not computed).
+    ``run(pairs)`` returns {pair: {values, flags, n, method, p_a, p_b, ci}}."""
+
+    def __init__(self, sources: Sequence[_Source], train: np.ndarray, cfg: dict, device, log, cache=None):
+        super().__init__(sources, train, cfg, device, log)
+        self.ms = cfg["measures"]
+        self.need_eig = bool(EIG_MEASURES & set(self.ms))
+        self.boot = cfg["bootstrap"] > 0 and "cka" in self.ms
+        self.cache = cache
+        if cache is not None:
+            if cache.source not in self.src:
+                raise ValueError(f"similarity: the cached self terms describe source '{cache.source}', not given")
+            if not np.array_equal(cache.train_rows, self.rows):
+                raise ValueError(
+                    f"{cache.label}: built on other training clips than {cache.source} has here "
+                    f"({len(cache.train_rows)} vs {self.n}); rebuild it"
+                )
+            src = self.src[cache.source]
+            missing = sorted(set(src.segments) - set(cache.spec) - set(cache.factor))
+            if missing:
+                raise ValueError(f"{cache.label}: no self terms for {missing[:5]}; rebuild it")
+            src.shift, src.inv = cache.shift.to(device), cache.inv.to(device)
+
+    def run(self, pairs: Sequence[tuple[str, str]]) -> dict:
+        for a, b in pairs:
+            for s in (a, b):
+                if s not in self.seg_src:
+                    raise KeyError(f"similarity: unknown block '{s}'")
+        if self.n < 4:
+            raise ValueError(f"similarity: only {self.n} training clips; at least 4 are needed")
+        for s in self.src.values():
+            if s.standardize and s.shift is None:
+                self._standardize(s)
+        width = {s: w for src in self.src.values() for s, w in src.segments.items()}
+        mf = self.cfg["max_features"]
+        self.form = {s: ("gram" if w > mf or w >= self.n else "feature") for s, w in width.items()}
+        feat = [p for p in pairs if self.form[p[0]] == "feature" and self.form[p[1]] == "feature"]
+        gram = [p for p in pairs if not (self.form[p[0]] == "feature" and self.form[p[1]] == "feature")]
+        self.res: dict = {}
+        self.psi: dict = {}
+        if feat:
+            self._feature_path(feat)
+        if gram:
+            self._gram_path(gram)
+        if self.boot:
+            self._bootstrap()
+        return self.res
+
+    def _result(self, pair, vals, flags, n, method):
+        a, b = pair
+        self.res[pair] = dict(
+            values=vals,
+            flags=flags,
+            n=n,
+            method=method,
+            p_a=self.seg_src[a].segments[a],
+            p_b=self.seg_src[b].segments[b],
+            ci=None,
+        )
+
+    def _bootstrap(self):
+        B, seed = self.cfg["bootstrap"], self.cfg["seed"]
+        for tag, method in enumerate(("feature", "gram")):
+            keys = [p for p, (mth, _) in self.psi.items() if mth == method]
+            if not keys:
+                continue
+            values = np.array([self.res[p]["values"]["cka"] for p in keys])
+            psi = np.stack([np.asarray(self.psi[p][1], np.float64) for p in keys], 1)
+            lo, hi = _bootstrap_ci(values, psi, B, seed, tag)
+            for p, lo_p, hi_p in zip(keys, lo, hi):
+                self.res[p]["ci"] = (float(lo_p), float(hi_p))
+        self.log.info(f"bootstrap: {B} resamples of the clips for {len(self.psi)} CKA values")
