@@ -16,13 +16,22 @@ Baselines, timed in the same run on the same standardised synthetic features (n 
     there the float32 primal form itself lands ~6 % away, in W, from the same SGD in float64, and the two forms
     may differ by a test clip or so).
 
+  * growth with the number of clips (--scale): probe_deep (one model per architecture, layers computed on
+    demand) and probe_handcrafted, each in a fresh process, on NSynth-like files of N clips (n_train ~0.7 N):
+    wall time, peak RSS (VmHWM), the plans the jobs logged (resident / gram / recompute) and how many regression
+    probes were fitted on a subset (probe.dual_max_clips, covariance_max_width); then the growth exponents of
+    time and memory in N (least squares on log-log, and between consecutive sizes).
+
 Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_probe.py [--n 2000 --d 2000 --classes 8 --epochs 100]
-       [--pipeline]  (adds probe_handcrafted on demo-scale files: grouped vs feature by feature)
+       [--pipeline]  (adds probe_handcrafted on 1,440 NSynth-like clips: grouped vs feature by feature)
        OMP_NUM_THREADS=1 .venv/bin/python bench/bench_probe.py --deep [--workdir DIR] [--archs 1dF Regular]
          (builds, or reuses from DIR, an ensembles-like set (480 clips, 22,050 Hz, tasks ensemble/work/region)
          and a notes-like set (816 clips, 16 kHz, family/pitch/velocity): fake audio and mel spectrograms, the
-         real default hand-crafted store (deepfeat.features.build_store) and real deep files
-         (deepfeat.nets.build_model + deepfeat.nets.extract_features, default deep config))
+         real default hand-crafted store (deepfeat.features.build_store) and model files (two seeded
+         initialisations as untrained and trained weights; the layers are computed by the job))
+       OMP_NUM_THREADS=1 .venv/bin/python bench/bench_probe.py --ridge   (the regression route of a 128-wide feature)
+       OMP_NUM_THREADS=1 .venv/bin/python bench/bench_probe.py --scale [2000 8000 32000] --epochs 2
+         [--archs Regular 1dF] [--memory-mb MB] [--workdir DIR --keep]   (hours at 32,000 on one thread)
 """
 
 from __future__ import annotations
@@ -81,57 +90,6 @@ def dataloader_sgd(Ztr, ytr, Zte, yte, n_classes, seed, epochs, lr=0.01, momentu
         return float((lin(torch.from_numpy(Zte)).argmax(1).numpy() == yte).mean())
 
 
-def demo_files(folder, n=1440, seed=0):
-    """A mel.h5 clip table (8 families, pitch, velocity; 70/30 split) + a handcrafted.h5 with the demo's
-    feature widths: 70 features of 128 dims, Wavelet Combined 768, Top 4 Combined 1152, 4 DWT maps."""
-    import json
-
-    import pandas as pd
-
-    from deepfeat.formats.cliptable import write_clip_table
-    from deepfeat.formats.files import write_h5
-
-    rng = np.random.default_rng(seed)
-    fam = rng.integers(0, 8, n)
-    meta = pd.DataFrame(
-        {
-            "clip_id": [f"c{i}" for i in range(n)],
-            "recording": [f"c{i}" for i in range(n)],
-            "offset": np.zeros(n),
-            "split": (rng.random(n) < 0.3).astype(np.uint8),
-            "family": [f"fam{c}" for c in fam],
-            "pitch": rng.integers(21, 109, n).astype(float),
-            "velocity": rng.choice([25, 50, 75, 100, 127], n).astype(float),
-        }
-    )
-    tasks = [
-        {"name": "family", "type": "classification", "label": "family"},
-        {"name": "pitch", "type": "regression", "label": "pitch"},
-        {"name": "velocity", "type": "regression", "label": "velocity"},
-    ]
-    with write_h5(folder / "mel.h5", "mel") as f:
-        write_clip_table(f, meta, tasks, "family")
-    widths = {f"feature {i}": 128 for i in range(70)}
-    widths.update(
-        {
-            "Wavelet Combined": 768,
-            "Top 4 Combined": 1152,
-            "DWT db10 (horizontal)": 5329,
-            "DWT db10 (vertical)": 5329,
-            "DWT bior1.3 (horizontal)": 4356,
-            "DWT bior1.3 (vertical)": 4356,
-        }
-    )
-    with write_h5(folder / "handcrafted.h5", "handcrafted") as f:
-        for i, (name, d) in enumerate(widths.items()):
-            X = rng.normal(size=(n, d)).astype(np.float32)
-            X[:, :8] += 0.8 * np.eye(8, dtype=np.float32)[fam]
-            ds = f.create_dataset(f"features/f{i:03d}", data=X)
-            ds.attrs["name"] = name
-            ds.attrs["shape"] = json.dumps([d])
-    return len(widths)
-
-
 def pipeline(epochs, seeds):
     """probe_handcrafted at the demo's scale, equal-width features batched (default) vs one feature at a time."""
     import logging
@@ -143,7 +101,8 @@ def pipeline(epochs, seeds):
     log = logging.getLogger("bench")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        n_feat = demo_files(tmp)
+        scale_files(tmp, 1440, [])
+        n_feat = len(SCALE_FEATURES)
         params = {"epochs": epochs, "seeds": seeds, "device": "cpu"}
         t_b, (s_b, _) = timed(lambda: run_handcrafted(tmp, params, "demo", log))
         budget, loading.GROUP_BYTES = loading.GROUP_BYTES, 0  # every feature its own model (seeds still batched)
@@ -153,7 +112,7 @@ def pipeline(epochs, seeds):
             loading.GROUP_BYTES = budget
     same = np.array_equal(s_b["value"].to_numpy(), s_1["value"].to_numpy())
     print(
-        f"\n[probe_handcrafted, demo scale: 1440 clips, {n_feat} features, tasks family/pitch/velocity, "
+        f"\n[probe_handcrafted, 1440 NSynth-like clips, {n_feat} features, tasks family/pitch/velocity, "
         f"{len(seeds)} seeds, {epochs} epochs] grouped {t_b:.1f} s, feature by feature {t_1:.1f} s: "
         f"ratio {t_1 / t_b:.2f}x (identical tables: {same})"
     )
@@ -172,39 +131,91 @@ def run_handcrafted(folder, params, dataset, log):
     )
 
 
-def run_deep(deep, folder, params, dataset, log):
-    """probe_deep on the deep file ``deep`` with folder/{handcrafted,mel}.h5, tables written to folder/tables/."""
+def run_deep(model, folder, params, dataset, log, deep_settings=None):
+    """probe_deep on the model file ``model`` (layers computed on demand) with folder/{handcrafted,mel}.h5, tables
+    written to folder/tables/."""
     return probe_deep(
-        deep=deep,
+        model=model,
         features=folder / "handcrafted.h5",
         mel=folder / "mel.h5",
         scores=folder / "tables" / "deep.csv",
         confusion=folder / "tables" / "deep.confusion.csv",
-        settings={"probe": params},
+        settings={"probe": params, "deep": deep_settings or {}},
         dataset=dataset,
         log=log,
     )
 
 
+def fake_models(folder, archs, n_frames: int, n_classes: int, task: str) -> dict:
+    """One model file per architecture under ``folder`` for folder/mel.h5 (128 mel bins): its 'untrained' and
+    'trained' weights are two seeded initialisations (the probe job computes its layers). Existing ones are kept."""
+    import h5py
+
+    from deepfeat.formats.models import save_model
+    from deepfeat.nets import build_model, cpu_state
+
+    with h5py.File(folder / "mel.h5", "r") as f:
+        stats = {k: float(f.attrs[k]) for k in ("train_mean", "train_std")}
+    models = {}
+    for arch in archs:
+        models[arch] = folder / f"{arch}.pt"
+        if not models[arch].exists():
+            torch.manual_seed(1)
+            init = build_model(arch, 128, n_frames, n_classes)
+            torch.manual_seed(1001)
+            final = build_model(arch, 128, n_frames, n_classes)
+            shape = [1, 128, n_frames]
+            meta = {"arch": arch, "seed": 1, "task": task, "input_shape": shape, "n_outputs": n_classes, **stats}
+            save_model(models[arch], meta, cpu_state(init), cpu_state(final))
+    return models
+
+
+NOTES_TASKS = [
+    {"name": "family", "type": "classification", "label": "family"},
+    {"name": "pitch", "type": "regression", "label": "pitch"},
+    {"name": "velocity", "type": "regression", "label": "velocity"},
+]
+
+
+def clip_table(kind: str, n: int, codes: np.ndarray, rng):
+    """(clip table, tasks) of an ensembles-like (ensemble/work/region) or notes-like (family/pitch/velocity) set
+    of n clips whose main classes are ``codes``; 70/30 random split."""
+    import pandas as pd
+
+    if kind == "ensembles":
+        tasks = [{"name": t, "type": "classification", "label": t} for t in ("ensemble", "work", "region")]
+        cols = {
+            "ensemble": [f"ensemble_{c:02d}" for c in codes],
+            "work": [f"work{w}" for w in rng.integers(0, 6, n)],
+            "region": np.where(codes < 5, "european", "american"),
+        }
+    else:
+        tasks = NOTES_TASKS
+        cols = {
+            "family": [f"family{c}" for c in codes],
+            "pitch": rng.integers(21, 109, n) * 1.0,
+            "velocity": rng.choice([25.0, 50, 75, 100, 127], n),
+        }
+    split = np.zeros(n, np.uint8)
+    split[rng.permutation(n)[: int(round(0.3 * n))]] = 1
+    ids = [f"c{i:06d}" for i in range(n)]
+    meta = pd.DataFrame({"clip_id": ids, "recording": ids, "offset": 0.0, "split": split, **cols})
+    return meta, tasks
+
+
 def realistic_files(folder, kind: str, arch_list, seed: int = 0):
     """Stage files of one demo dataset under ``folder/kind``: mel.h5 and clips.h5 (fake but class-dependent
-    audio and spectrograms), handcrafted.h5 (build_store, config.yaml's handcrafted section) and one deep file
-    per architecture (a model whose 'untrained' and 'trained' weights are two seeded initialisations,
-    extracted with config.yaml's deep section). Files already present are reused."""
+    audio and spectrograms), handcrafted.h5 (build_store, config.yaml's handcrafted section) and one model file
+    per architecture (:func:`fake_models`). Files already present are reused."""
     from pathlib import Path
 
-    import h5py
-    import pandas as pd
     import yaml
 
     from deepfeat.features import build_store
     from deepfeat.formats.cliptable import write_clip_table
     from deepfeat.formats.files import write_h5
-    from deepfeat.formats.models import save_model
-    from deepfeat.nets import build_model, cpu_state, extract_features
 
-    root = Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load(open(root / "config.yaml"))
+    cfg = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "config.yaml"))
     folder = Path(folder) / kind
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "ensembles":
@@ -214,34 +225,8 @@ def realistic_files(folder, kind: str, arch_list, seed: int = 0):
     if not (folder / "handcrafted.h5").exists():
         rng = np.random.default_rng(seed)
         codes = rng.integers(0, n_classes, n)
-        if kind == "ensembles":
-            tasks = [{"name": t, "type": "classification", "label": t} for t in ("ensemble", "work", "region")]
-            meta = pd.DataFrame(
-                {
-                    "ensemble": [f"ensemble_{c:02d}" for c in codes],
-                    "work": [f"work{w}" for w in rng.integers(0, 6, n)],
-                    "region": np.where(codes < 5, "european", "american"),
-                }
-            )
-        else:
-            tasks = [
-                {"name": "family", "type": "classification", "label": "family"},
-                {"name": "pitch", "type": "regression", "label": "pitch"},
-                {"name": "velocity", "type": "regression", "label": "velocity"},
-            ]
-            meta = pd.DataFrame(
-                {
-                    "family": [f"family{c}" for c in codes],
-                    "pitch": rng.integers(21, 109, n) * 1.0,
-                    "velocity": rng.choice([25.0, 50, 75, 100, 127], n),
-                }
-            )
-        split = np.zeros(n, np.uint8)
-        split[rng.permutation(n)[: int(round(0.3 * n))]] = 1
-        meta.insert(0, "split", split)
-        meta.insert(0, "offset", 0.0)
-        meta.insert(0, "recording", [f"r{i}" for i in range(n)])
-        meta.insert(0, "clip_id", [f"c{i:05d}" for i in range(n)])
+        meta, tasks = clip_table(kind, n, codes, rng)
+        split = meta["split"].to_numpy()
         t = np.arange(4 * sr) / sr
         audio = np.empty((n, t.size), np.float32)
         for i in range(n):  # harmonic tones whose pitch depends on the class, decays, noise
@@ -258,52 +243,15 @@ def realistic_files(folder, kind: str, arch_list, seed: int = 0):
         mel = np.clip(mel, -80, 0).astype(np.float32)
         with write_h5(folder / "mel.h5", "mel") as f:
             f.create_dataset("mel", data=mel, chunks=(1, 128, n_frames))
-            f.attrs.update(
-                sample_rate=sr,
-                train_mean=float(mel[split == 0].mean(dtype=np.float64)),
-                train_std=float(mel[split == 0].std(dtype=np.float64)),
-            )
+            tr = mel[split == 0]
+            f.attrs.update(sample_rate=sr, train_mean=float(tr.mean(dtype=np.float64)), train_std=float(tr.std()))
             write_clip_table(f, meta, tasks, main)
         t0 = time.perf_counter()
-        build_store(
-            clips=folder / "clips.h5",
-            mel=folder / "mel.h5",
-            features=folder / "handcrafted.h5",
-            settings={"handcrafted": cfg["handcrafted"], "mel": {k: cfg["mel"][k] for k in ("n_fft", "hop_length")}},
-        )
+        mel_cfg = {k: cfg["mel"][k] for k in ("n_fft", "hop_length")}
+        paths = {"clips": folder / "clips.h5", "mel": folder / "mel.h5", "features": folder / "handcrafted.h5"}
+        build_store(**paths, settings={"handcrafted": cfg["handcrafted"], "mel": mel_cfg})
         print(f"  built {folder / 'handcrafted.h5'} in {time.perf_counter() - t0:.0f} s", flush=True)
-    deep = {}
-    for arch in arch_list:
-        out = folder / arch / "seed1.h5"
-        if not out.exists():
-            with h5py.File(folder / "mel.h5", "r") as f:
-                stats = {k: float(f.attrs[k]) for k in ("train_mean", "train_std")}
-            torch.manual_seed(1)
-            init = build_model(arch, 128, n_frames, n_classes)
-            torch.manual_seed(1001)
-            final = build_model(arch, 128, n_frames, n_classes)
-            save_model(
-                folder / f"{arch}.pt",
-                {
-                    "arch": arch,
-                    "seed": 1,
-                    "task": main,
-                    "input_shape": [1, 128, n_frames],
-                    "n_outputs": n_classes,
-                    **stats,
-                },
-                cpu_state(init),
-                cpu_state(final),
-            )
-            out.parent.mkdir(exist_ok=True)
-            extract_features(
-                model=folder / f"{arch}.pt",
-                mel=folder / "mel.h5",
-                deep=out,
-                settings={"deep": {**cfg["deep"], "device": "cpu"}},
-            )
-        deep[arch] = out
-    return folder, deep, cfg["probe"]
+    return folder, fake_models(folder, arch_list, n_frames, n_classes, main), {**cfg["probe"], "device": "cpu"}
 
 
 def forms(workdir, arch_list):
@@ -323,8 +271,8 @@ def forms(workdir, arch_list):
         print(f"\n[primal vs dual form, default probe config, files in {work}]")
         runs = []
         for kind in ("ensembles", "notes"):
-            folder, deep, params = realistic_files(work, kind, arch_list)
-            for arch, path in deep.items():
+            folder, models, params = realistic_files(work, kind, arch_list)
+            for arch, path in models.items():
                 runs.append(
                     (f"probe_deep {kind} {arch}", lambda p=path, f=folder, q=params, k=kind: run_deep(p, f, q, k, log))
                 )
@@ -349,6 +297,200 @@ def forms(workdir, arch_list):
             )
 
 
+# ----------------------------------------------------------------------------------------------------------
+# --scale: time and peak memory of the probe jobs against the number of clips
+# ----------------------------------------------------------------------------------------------------------
+SCALE_FEATURES = {  # display name -> width: the widths of the default hand-crafted store, fewer 128-wide ones
+    **{f"feature {i}": 128 for i in range(16)},
+    "Mean Power (frequency)": 128,
+    "Time to -70 dB": 1,
+    "Mean Wavelet (25)": 128,
+    "Wavelet Combined": 768,
+    "Top 4 Combined": 1152,
+    "DWT db10 (horizontal)": 5329,
+    "DWT bior1.3 (vertical)": 4356,
+}
+
+
+def scale_files(folder, n: int, archs, seed: int = 0):
+    """NSynth-like stage files of n clips under ``folder``, written block by block: mel.h5 (128 x 128 fake
+    spectrograms with a band per family; tasks family (8), pitch, velocity; 70/30 split), handcrafted.h5
+    (:data:`SCALE_FEATURES`, family- and pitch-dependent) and one model file per architecture
+    (:func:`fake_models`). Files already present are reused."""
+    import json
+    from pathlib import Path
+
+    from deepfeat.formats.cliptable import write_clip_table
+    from deepfeat.formats.files import write_h5
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    fam = rng.integers(0, 8, n)
+    meta, tasks = clip_table("notes", n, fam, rng)
+    split, pitch = meta["split"].to_numpy(), meta["pitch"].to_numpy()
+    step = 1000
+    if not (folder / "mel.h5").exists():
+        with write_h5(folder / "mel.h5", "mel") as f:
+            ds = f.create_dataset("mel", shape=(n, 128, 128), dtype=np.float32, chunks=(1, 128, 128))
+            s1 = s2 = 0.0
+            for a in range(0, n, step):
+                b = min(n, a + step)
+                x = rng.normal(-40, 8, (b - a, 128, 128)).astype(np.float32)
+                for i, c in enumerate(fam[a:b]):
+                    x[i, 5 + 12 * c : 12 + 12 * c] += 25
+                np.clip(x, -80, 0, out=x)
+                ds[a:b] = x
+                tr = x[split[a:b] == 0].astype(np.float64)
+                s1, s2 = s1 + tr.sum(), s2 + (tr * tr).sum()
+            m = int((split == 0).sum()) * 128 * 128
+            f.attrs.update(sample_rate=16000, train_mean=s1 / m, train_std=float(np.sqrt(s2 / m - (s1 / m) ** 2)))
+            write_clip_table(f, meta, tasks, "family")
+    if not (folder / "handcrafted.h5").exists():
+        with write_h5(folder / "handcrafted.h5", "handcrafted") as f:
+            for i, (name, d) in enumerate(SCALE_FEATURES.items()):
+                ds = f.create_dataset(f"features/f{i:03d}", shape=(n, d), dtype=np.float32)
+                for a in range(0, n, step):
+                    b = min(n, a + step)
+                    x = rng.normal(size=(b - a, d)).astype(np.float32)
+                    x[:, : min(d, 8)] += 0.8 * np.eye(8, dtype=np.float32)[fam[a:b]][:, : min(d, 8)]
+                    x[:, -1] += (pitch[a:b] / 40).astype(np.float32)
+                    ds[a:b] = x
+                ds.attrs.update(name=name, shape=json.dumps([d]))
+    return fake_models(folder, archs, 128, 8, "family")
+
+
+def scale_job(job: str, folder: str, arch: str, epochs: int, memory_mb: float | None) -> None:
+    """One probe job in this process (``--job``): its tables, log and, as the last line, a JSON record with its
+    wall time, peak RSS (VmHWM) and the plans it logged."""
+    import json
+    import re
+    from pathlib import Path
+
+    from deepfeat.runtime import get_logger
+
+    folder = Path(folder)
+    log_path = folder / f"{job}_{arch or 'hc'}.log"
+    log = get_logger(log_path, name="bench_scale_job")
+    params = {"epochs": epochs, "seeds": [0], "device": "cpu"}
+    if memory_mb:
+        params["memory_mb"] = memory_mb
+    t0 = time.perf_counter()
+    if job == "deep":
+        run_deep(folder / f"{arch}.pt", folder, params, "scale", log)
+    else:
+        run_handcrafted(folder, params, "scale", log)
+    seconds = time.perf_counter() - t0
+    text = log_path.read_text()
+    plans = {m: len(re.findall(rf": plan {m} \(", text)) for m in ("resident", "gram", "recompute")}
+    subsets = len(re.findall(r"seeded subset of the", text))
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    record = {"seconds": seconds, "peak_mb": peak, "plans": plans, "subset_fits": subsets, **log_breakdown(text)}
+    print(json.dumps(record))
+
+
+def log_breakdown(text: str) -> dict:
+    """Seconds a probe job's log attributes to: forward passes filling held layers, Gram matrices of held
+    features, logistic probes, regression probes (their eigenproblems), and features computed on demand."""
+    import re
+
+    def total(pattern):
+        return round(sum(float(x) for x in re.findall(pattern, text)), 1)
+
+    reg = re.findall(r"\| task (\S+) \| ([\d.]+) s \| (?!.*accuracy)", text)
+    return {
+        "passes": total(r"pass \d+/\d+: .* in ([\d.]+) s"),
+        "gram": total(r"training Gram matrices .* in ([\d.]+) s"),
+        "logistic": total(r"logistic probes in ([\d.]+) s"),
+        "regression": round(sum(float(sec) for _, sec in reg), 1),
+        "on_demand": total(r"computed on demand in ([\d.]+) s"),
+    }
+
+
+def _exponent(x, y) -> float:
+    """Least-squares slope of log y on log x."""
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def scale(sizes, archs, workdir, epochs: int, memory_mb: float | None, keep: bool) -> None:
+    """Per size N (clips; n_train ~ 0.7 N) build the files, run probe_deep per architecture and
+    probe_handcrafted each in a fresh process (OMP_NUM_THREADS threads), print time, peak RSS, the plans, and
+    the growth exponents of time and memory in N."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="bench_probe_scale_"))
+    rows = []
+    jobs = [("deep", a) for a in archs] + [("handcrafted", "")]
+    for n in sizes:
+        folder = root / f"n{n}"
+        t0 = time.perf_counter()
+        scale_files(folder, n, archs)
+        print(f"  N={n}: files ready in {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for job, arch in jobs:
+            cmd = [sys.executable, __file__, "--job", job, "--folder", str(folder), "--arch", arch]
+            cmd += ["--epochs", str(epochs)] + (["--memory-mb", str(memory_mb)] if memory_mb else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            if out.returncode:
+                raise RuntimeError(f"{job} {arch} at N={n} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            name = f"probe_deep {arch}" if job == "deep" else "probe_handcrafted"
+            rows.append({"job": name, "N": n, **r})
+            print(
+                f"  N={n:6d} {name:22s} {r['seconds']:8.1f} s  peak RSS {r['peak_mb']:7.0f} MB  plans {r['plans']}"
+                f"  regression subset fits {r['subset_fits']}; seconds in: held-layer passes {r['passes']}, Gram "
+                f"{r['gram']}, logistic {r['logistic']}, regression {r['regression']}, on demand {r['on_demand']}",
+                flush=True,
+            )
+        if not keep and workdir is None:
+            shutil.rmtree(folder)
+    print(f"\n[probe jobs vs clips: {epochs} probe epochs, one probe seed, files in {root}]")
+    print(
+        "| job | "
+        + " | ".join(f"N={n} (n_train ~{int(0.7 * n)})" for n in sizes)
+        + " | time exponent | memory exponent |"
+    )
+    print("|---|" + "---|" * (len(sizes) + 2))
+    for name in dict.fromkeys(r["job"] for r in rows):
+        rs = [r for r in rows if r["job"] == name]
+        cells = [f"{r['seconds']:.0f} s, {r['peak_mb'] / 1024:.2f} GB" for r in rs]
+        x = [r["N"] for r in rs]
+        te = _exponent(x, [r["seconds"] for r in rs]) if len(rs) > 1 else float("nan")
+        me = _exponent(x, [r["peak_mb"] for r in rs]) if len(rs) > 1 else float("nan")
+        step = [_exponent(x[i : i + 2], [r["seconds"] for r in rs[i : i + 2]]) for i in range(len(rs) - 1)]
+        print(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {te:.2f} (steps {', '.join(f'{e:.2f}' for e in step)}) | {me:.2f} |"
+        )
+
+
+def ridge_forms(n: int, d: int) -> None:
+    """ridge auto of a d-wide feature on n training clips, 2 targets: the d x d covariance form (the route for
+    d < n) against the n x n Gram eigendecomposition (the route ridge auto took before for any d), same run."""
+    from deepfeat.probe import fit_linear
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n + n // 2, d)).astype(np.float32)
+    Y = np.column_stack(
+        [X[:, :4].astype(np.float64) @ [1.0, -2, 3, 1] + rng.normal(0, 1, len(X)), rng.normal(size=len(X))]
+    )
+    Ztr, Zte = standardise(X[:n], X[n:])
+    t_c, c = timed(lambda: fit_linear(Ztr, Y[:n], Zte, Y[n:], ridge="auto"))
+    t_g, g = timed(lambda: fit_linear(Ztr, Y[:n], Zte, Y[n:], ridge="auto", form="dual"))
+    rel = float(np.max(np.abs(c["test_rmse"] - g["test_rmse"]) / g["test_rmse"]))
+    print(
+        f"\n[ridge auto, {d} features, {n} training clips, 2 targets] covariance ({c['form']}) {t_c:.2f} s, "
+        f"n x n Gram ({g['form']}, the previous route) {t_g:.2f} s: ratio {t_g / t_c:.0f}x (same penalties: "
+        f"{np.array_equal(c['ridge_rel'], g['ridge_rel'])}, max relative test-RMSE difference {rel:.1e})"
+    )
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -367,13 +509,39 @@ def main():
     ap.add_argument("--pipeline", action="store_true", help="also time probe_handcrafted on demo-scale files")
     ap.add_argument("--deep", action="store_true", help="only the primal vs dual comparison on realistic files")
     ap.add_argument("--workdir", default=None, help="--deep: build/reuse the stage files here (default: temp dir)")
-    ap.add_argument("--archs", nargs="+", default=["1dF", "Regular"], help="--deep: architectures to extract")
+    ap.add_argument("--archs", nargs="+", default=["1dF", "Regular"], help="--deep / --scale: architectures")
+    ap.add_argument(
+        "--scale", nargs="*", type=int, help="probe jobs at these numbers of clips (default 2000 8000 32000)"
+    )
+    ap.add_argument("--memory-mb", type=float, default=None, help="--scale: probe.memory_mb (default: the schema's)")
+    ap.add_argument("--keep", action="store_true", help="--scale: keep the files of each N (with --workdir)")
+    ap.add_argument("--ridge", action="store_true", help="only ridge auto at 4,365 clips x 128: covariance vs Gram")
+    ap.add_argument("--job", choices=["deep", "handcrafted"], help=argparse.SUPPRESS)  # one --scale job
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--arch", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.job:
+        scale_job(args.job, args.folder, args.arch, args.epochs, args.memory_mb)
+        return
+    if args.ridge:
+        ridge_forms(4365, 128)
+        return
+    if args.scale is not None:
+        print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+        scale(args.scale or [2000, 8000, 32000], args.archs, args.workdir, args.epochs, args.memory_mb, args.keep)
+        return
     if args.deep:
         print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
         forms(args.workdir, args.archs)
         return
+    baselines(args)
+    if args.pipeline:
+        pipeline(30, [0, 1, 2])
+
+
+def baselines(args) -> None:
+    """One probe against scikit-learn and the DataLoader protocol; batched seeds and features."""
     params = {"epochs": args.epochs, "device": "cpu"}
     C = args.classes
     print(
@@ -430,8 +598,6 @@ def main():
         f"[{F} features x {S} seeds, d {d}] batched {t_b:.2f} s, one at a time {t_l:.2f} s: "
         f"ratio {t_l / t_b:.2f}x (identical accuracies: {same})"
     )
-    if args.pipeline:
-        pipeline(30, [0, 1, 2])
 
 
 if __name__ == "__main__":

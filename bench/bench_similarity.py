@@ -27,6 +27,12 @@ pairs where they differ most are recomputed in float64 to show whose rounding it
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py                    # n = 2000 and 6000
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py --n 2000 --ref-pairs 30
+
+Scale mode (``--scale``): every similarity job of the workflow's minimal grid
+(Regular and 1dF, one seed) at several numbers of training clips, features computed from the model files, each job
+in its own process: wall time and peak RSS per job and size, and the fitted growth exponents in n.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_similarity.py --scale --n-train 1400 5600 22400
 """
 
 from __future__ import annotations
@@ -111,11 +117,12 @@ def make_files(root: Path, n: int, seed: int = 0):
     Z = rng.normal(size=(N, LATENT)).astype(np.float32)
     deep = {}
     with write_h5(root / "deep.h5", "deep") as f:
-        f.attrs.update(arch="Regular", seed=1, task="family", layers=json.dumps(["conv3"]))
+        f.attrs.update(arch="Regular", seed=1, task="family", layers=json.dumps(["conv3"]), point="raw")
         for s, state in enumerate(("trained", "untrained")):
             x = Z @ rng.normal(size=(LATENT, P_DEEP)).astype(np.float32) * (1.5 - s)
             x += rng.normal(size=(N, P_DEEP)).astype(np.float32) + 3.0
-            f.create_group(state).create_dataset("conv3", data=x, chunks=(min(N, 512), P_DEEP))
+            ds = f.create_group(state).create_dataset("conv3", data=x, chunks=(min(N, 512), P_DEEP))
+            ds.attrs["shape"] = json.dumps([30, 4, 4])
             deep[state] = x[train]
     hc = {}
     with write_h5(root / "handcrafted.h5", "handcrafted") as f:
@@ -210,11 +217,12 @@ def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=(
 
     def run_ours(settings):
         return sim.similarity_deep(
+            model=None,
             deep=files[0],
             features=files[1],
             mel=files[2],
             table=root / "ours.csv",
-            settings={"similarity": settings},
+            settings={"similarity": settings, "deep": {"layers": ["conv3"]}},
             dataset="bench",
             moments=cache,
             log=log,
@@ -290,6 +298,203 @@ def one_size(n: int, ref_pairs: int | None, full: bool, keep: str | None, refs=(
     tmp.cleanup()
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Scale mode: every similarity job of the minimal grid, features computed from the model files
+# ----------------------------------------------------------------------------------------------------------
+T_FRAMES, N_MELS = 126, 128  # NSynth-like notes: 4 s at 16 kHz, hop 512
+CHILD = r"""
+import json, resource, sys, time
+args = json.loads(sys.argv[1])
+import torch
+torch.set_num_threads(args["threads"])
+from deepfeat import similarity as sim
+from deepfeat.runtime import get_logger
+log = get_logger(args["log"], "bench")
+t = time.perf_counter()
+getattr(sim, args["job"])(**args["kw"], settings=args["settings"], log=log)
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}))
+"""
+
+
+def _notes(rng, b: int) -> np.ndarray:
+    """b harmonic-note dB spectrograms (b x 128 x 126 float32): 8 partials 2.5 log2(h) octave-bins apart."""
+    f_axis, t_axis = np.arange(N_MELS)[:, None], np.arange(T_FRAMES)[None, :]
+    f0, decay = rng.uniform(4, 40, (b, 1, 1)), rng.uniform(10, 120, (b, 1, 1))
+    tilt = rng.uniform(3, 12, (b, 1, 1))
+    x = np.full((b, N_MELS, T_FRAMES), -80.0)
+    for h in range(1, 9):
+        partial = (70 - tilt * (h - 1)) * np.exp(-(((f_axis - f0 - 30 * np.log2(h)) / 1.5) ** 2) - t_axis / decay)
+        x = np.maximum(x, partial - 80)
+    return np.clip(x + rng.normal(0, 0.5, x.shape), -80, 0).astype(np.float32)
+
+
+def scale_files(root: Path, n_train: int, archs, seed: int = 0) -> dict:
+    """mel.h5 (NSynth-like 128 x 126 dB spectrograms of harmonic notes: partials of a random pitch with falling
+    amplitudes and a decaying envelope over a -80 dB floor, 0.5 dB noise; their layers' SVCCA dimensions are like
+    real notes', ~50 of 600 clips, where white-noise spectrograms would make them ~m), handcrafted.h5 (the default
+    set's widths, a 16-dimensional latent part plus 10% noise) and one model file per architecture (random initial
+    and 'trained' weights) for n_train / 0.7 clips, written in blocks of clips; returns their paths."""
+    from deepfeat.formats.models import save_model
+    from deepfeat.nets.models import build_model, cpu_state
+
+    rng = np.random.default_rng(seed)
+    N = int(round(n_train / 0.7))
+    split = np.ones(N, np.uint8)
+    split[rng.choice(N, n_train, replace=False)] = 0
+    meta = pd.DataFrame(
+        {
+            "clip_id": [f"c{i:06d}" for i in range(N)],
+            "recording": [f"r{i}" for i in range(N)],
+            "offset": np.zeros(N),
+            "split": split,
+            "family": rng.integers(0, 8, N).astype(str),
+        }
+    )
+    tasks = [{"name": "family", "type": "classification", "label": "family"}]
+    block = 1024
+    S = S2 = 0.0
+    with write_h5(root / "mel.h5", "mel") as f:
+        ds = f.create_dataset("mel", shape=(N, N_MELS, T_FRAMES), dtype=np.float32, chunks=(1, N_MELS, T_FRAMES))
+        for i0 in range(0, N, block):
+            x = _notes(rng, min(block, N - i0))
+            ds[i0 : i0 + len(x)] = x
+            tr = x[split[i0 : i0 + len(x)] == 0].astype(np.float64)
+            S, S2 = S + tr.sum(), S2 + (tr * tr).sum()
+        cnt = n_train * N_MELS * T_FRAMES
+        mean, std = float(S / cnt), float(np.sqrt(S2 / cnt - (S / cnt) ** 2))
+        f.attrs.update(sample_rate=16000, train_mean=mean, train_std=std)
+        write_clip_table(f, meta, tasks, "family")
+    Z = rng.normal(size=(N, LATENT)).astype(np.float32)
+    with write_h5(root / "handcrafted.h5", "handcrafted") as f:
+        g = f.create_group("features", track_order=True)
+        for k, p in hc_dims().items():
+            W = rng.normal(size=(LATENT, p)).astype(np.float32) * np.float32(rng.uniform(0.1, 3))
+            scale, shift = np.float32(rng.uniform(0.5, 50)), np.float32(rng.uniform(-100, 100))
+            ds = g.create_dataset(
+                k, shape=(N, p), dtype=np.float32, chunks=(int(min(N, max(1, (1 << 20) // (4 * p)))), p)
+            )
+            ds.attrs["name"] = k
+            for i0 in range(0, N, block):
+                z = Z[i0 : i0 + block]
+                noise = np.float32(0.1) * rng.normal(size=(len(z), p)).astype(np.float32)
+                ds[i0 : i0 + len(z)] = (z @ W + noise) * scale + shift
+    models = {}
+    for arch in archs:
+        torch.manual_seed(1)
+        init, final = (cpu_state(build_model(arch, N_MELS, T_FRAMES, 8)) for _ in range(2))
+        info = {"arch": arch, "seed": 1, "task": "family", "input_shape": [1, N_MELS, T_FRAMES], "n_outputs": 8}
+        models[arch] = root / f"{arch}.pt"
+        save_model(models[arch], {**info, "train_mean": mean, "train_std": std}, init, final)
+    return dict(
+        mel=root / "mel.h5", features=root / "handcrafted.h5", moments=root / "handcrafted_moments.h5", **models
+    )
+
+
+def scale_jobs(files: dict, archs, which) -> list[tuple[str, str, dict]]:
+    """(label, job, keyword arguments) of the similarity jobs of one dataset: the hand-crafted self terms, then per
+    architecture similarity_deep and similarity_channels, and similarity_cross over the architectures."""
+    mel, feats, mom = str(files["mel"]), str(files["features"]), str(files["moments"])
+    out = [("handcrafted_moments", "handcrafted_moments", dict(features=feats, mel=mel, moments=mom))]
+    for arch in archs:
+        model = str(files[arch])
+        out.append(
+            (
+                f"similarity_deep {arch}",
+                "similarity_deep",
+                dict(
+                    model=model, features=feats, moments=mom, mel=mel, table=mel + f".{arch}.deep.csv", dataset="bench"
+                ),
+            )
+        )
+    out.append(
+        (
+            "similarity_cross",
+            "similarity_cross",
+            dict(models=[str(files[a]) for a in archs], mel=mel, table=mel + ".cross.csv", dataset="bench"),
+        )
+    )
+    for arch in archs:
+        out.append(
+            (
+                f"similarity_channels {arch}",
+                "similarity_channels",
+                dict(model=str(files[arch]), mel=mel, table=mel + f".{arch}.channels.csv", dataset="bench"),
+            )
+        )
+    keep = {
+        "moments": "handcrafted_moments",
+        "deep": "similarity_deep",
+        "cross": "similarity_cross",
+        "channels": "similarity_channels",
+    }
+    want = {keep[w] for w in which} if which else set(keep.values())
+    if "similarity_deep" in want:
+        want.add("handcrafted_moments")  # its input
+    return [j for j in out if j[1] in want]
+
+
+def run_child(job: str, kw: dict, settings: dict, log: Path, threads: int) -> dict:
+    """Run one job in a fresh process; {wall, cpu (user + system seconds of the process, imports included),
+    rss_mb (its peak RSS)}."""
+    import subprocess
+
+    arg = json.dumps(dict(job=job, kw=kw, settings=settings, log=str(log), threads=threads))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    r = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"{job} failed (log {log}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def fit_exponent(n, y) -> float:
+    """Least-squares slope of log y on log n."""
+    return float(np.polyfit(np.log(np.asarray(n, float)), np.log(np.asarray(y, float)), 1)[0])
+
+
+def run_scale(a):
+    settings = {"similarity": {"bootstrap": a.bootstrap}}
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    base = Path(a.tmp or tempfile.gettempdir())
+    res: dict = {}
+    for n in a.n_train:
+        root = Path(tempfile.mkdtemp(prefix=f"bench_scale_{n}_", dir=base))
+        t = time.perf_counter()
+        files = scale_files(root, n, a.archs)
+        print(
+            f"\n== n_train = {n} ({int(round(n / 0.7))} clips): files written in {time.perf_counter() - t:.0f} s "
+            f"({root}); load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        for label, job, kw in scale_jobs(files, a.archs, a.jobs):
+            got = run_child(job, kw, settings, root / f"{label.replace(' ', '_')}.log", threads)
+            res.setdefault(label, {})[n] = got
+            rss = got["rss_mb"] / 1024
+            print(
+                f"  {label:28s} wall {got['wall']:7.1f} s  cpu {got['cpu']:7.1f} s  peak RSS {rss:5.2f} GB", flush=True
+            )
+        if not a.keep:
+            import shutil
+
+            shutil.rmtree(root)
+    ns = sorted(a.n_train)
+    print("\n| job | " + " | ".join(f"n = {n}: cpu s / GB" for n in ns) + " | exponent: cpu, wall, RSS |")
+    print("|---|" + "---|" * (len(ns) + 1))
+    for label, by in res.items():
+        have = [n for n in ns if n in by]
+        cells = " | ".join(f"{by[n]['cpu']:.0f} / {by[n]['rss_mb'] / 1024:.2f}" if n in by else "" for n in ns)
+        ex = [
+            fit_exponent(have, [by[n][k] for n in have]) if len(have) > 1 else float("nan")
+            for k in ("cpu", "wall", "rss_mb")
+        ]
+        flag = " (> 1.15)" if ex[0] > 1.15 else ""
+        print(f"| {label} | {cells} | {ex[0]:.2f}{flag}, {ex[1]:.2f}, {ex[2]:.2f} |")
+    print(
+        f"\nthreads {threads}; bootstrap {a.bootstrap}; every other setting at its schema default; "
+        f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -311,7 +516,15 @@ def main(argv=None):
         help="references to time (none: only ours and the cache build)",
     )
     ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
+    ap.add_argument("--scale", action="store_true", help="the scaling run of every similarity job (see below)")
+    ap.add_argument("--n-train", type=int, nargs="+", default=[1400, 5600, 22400], help="scale: training clips")
+    ap.add_argument("--archs", nargs="+", default=["Regular", "1dF"], help="scale: architectures (one seed)")
+    ap.add_argument("--bootstrap", type=int, default=5, help="scale: similarity.bootstrap")
+    ap.add_argument("--jobs", nargs="+", default=None, help="scale: only these jobs (moments, deep, cross, channels)")
+    ap.add_argument("--keep", action="store_true", help="scale: keep the files (and the jobs' logs)")
     a = ap.parse_args(argv)
+    if a.scale:
+        return run_scale(a)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "

@@ -29,8 +29,9 @@ wildcard_constraints:
 
 
 def settings(rule):
-    """params.settings of ``rule``: exactly the config settings its job reads that change its results."""
-    return lambda w: rule_settings(config, rule, w.dataset)
+    """params.settings of ``rule``: exactly the config settings its job reads that change its results (settings of
+    one architecture only, such as models.deformable, reach only that architecture's jobs)."""
+    return lambda w: rule_settings(config, rule, w.dataset, w.get("arch"))
 
 
 def tuning(rule):
@@ -57,6 +58,9 @@ def history_files(dataset):
 
 
 def deep_files(dataset):
+    """The exported deep features (only when deep.store names layers: no consumer reads them)."""
+    if not config["deep"]["store"]:
+        return []
     return [f"{R}/{dataset}/deep/{t}/{a}/seed{s}.h5" for t, a, s in models_of(dataset, CONV_ARCHS)]
 
 
@@ -90,8 +94,13 @@ def ingest_root(w):
     return f"{R}/{w.dataset}/raw" if "render" in ds else ds["path"]
 
 
+def conv_model_files(dataset, task):
+    """The model files of the convolutional networks trained on ``task`` (the inputs of similarity_cross)."""
+    return [f"{R}/{dataset}/models/{t}/{a}/seed{s}.pt" for t, a, s in models_of(dataset, CONV_ARCHS) if t == task]
+
+
 def all_targets():
     out = []
     for d in DATASETS:
-        out += [f"{R}/{d}/findings.md", f"{R}/{d}/findings.html", f"{R}/{d}/figures"]
+        out += [f"{R}/{d}/findings.md", f"{R}/{d}/findings.html", f"{R}/{d}/figures"] + deep_files(d)
     return out

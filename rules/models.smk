@@ -1,4 +1,5 @@
-# Networks: train (initial weights kept beside the final ones) and extract frozen activations. GPU rules.
+# Networks: train (initial weights kept beside the final ones), and the opt-in export of their activations
+# (deep.store; every consumer computes the activations it needs from the model file instead). GPU rules.
 
 
 rule train:

@@ -28,7 +28,7 @@ rule probe_handcrafted:
 
 rule probe_deep:
     input:
-        deep=f"{R}/{{dataset}}/deep/{{task}}/{{conv_arch}}/seed{{seed}}.h5",
+        model=f"{R}/{{dataset}}/models/{{task}}/{{conv_arch}}/seed{{seed}}.pt",
         features=f"{R}/{{dataset}}/handcrafted.h5",
         mel=f"{R}/{{dataset}}/mel.h5",
     output:

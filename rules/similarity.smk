@@ -29,7 +29,7 @@ rule handcrafted_moments:
 
 rule similarity_deep:
     input:
-        deep=f"{R}/{{dataset}}/deep/{{task}}/{{conv_arch}}/seed{{seed}}.h5",
+        model=f"{R}/{{dataset}}/models/{{task}}/{{conv_arch}}/seed{{seed}}.pt",
         features=f"{R}/{{dataset}}/handcrafted.h5",
         moments=f"{R}/{{dataset}}/similarity/handcrafted_moments.h5",
         mel=f"{R}/{{dataset}}/mel.h5",
@@ -79,7 +79,7 @@ rule similarity_channels:
 
 rule similarity_cross:
     input:
-        deep=lambda w: [f for f in deep_files(w.dataset) if f"/deep/{w.task}/" in f],
+        models=lambda w: conv_model_files(w.dataset, w.task),
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/cross/{{task}}.csv",

@@ -3,6 +3,7 @@ incremental reruns and fault tolerance). One complete run is shared by the modul
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -88,7 +89,8 @@ def test_adding_a_seed_runs_only_the_new_branch_and_the_aggregates(done):
     n_ds, archs = len(c["datasets"]), c["models"]["architectures"]
     conv = [a for a in archs if a != "FeedForward"]
     assert jobs.get("train") == n_ds * len(archs), jobs
-    assert jobs.get("extract") == n_ds * len(conv), jobs
+    assert jobs.get("probe_deep") == n_ds * len(conv) and jobs.get("similarity_deep") == n_ds * len(conv), jobs
+    assert "extract" not in jobs, jobs  # activations are computed by their consumers, not stored
     for rule in ("render_demo", "ingest", "melspec", "handcrafted", "probe_handcrafted"):
         assert rule not in jobs, (rule, jobs)
     assert jobs.get("tables") == n_ds
@@ -121,7 +123,18 @@ def test_a_package_code_change_reruns_the_rules_that_run_it(done, module, reruns
     [
         # a setting that changes results reruns exactly the jobs that read it (and the aggregates after them)
         ({"similarity": {"channel_max_clips": 64}}, {"similarity_channels"}, {"similarity_deep", "similarity_cross"}),
-        ({"probe": {"concat_features": ["Mean Wavelet (25)"]}}, {"probe_deep"}, {"probe_handcrafted", "extract"}),
+        ({"probe": {"concat_features": ["Mean Wavelet (25)"]}}, {"probe_deep"}, {"probe_handcrafted", "train"}),
+        # the deep settings rerun the consumers of deep features, and no training
+        (
+            {"deep": {"point": "activated"}},
+            {"probe_deep", "similarity_deep", "similarity_cross", "similarity_channels"},
+            {"train", "probe_handcrafted", "handcrafted_moments"},
+        ),
+        (
+            {"deep": {"layers": ["pool1", "conv3"]}},
+            {"probe_deep", "similarity_deep", "similarity_cross"},
+            {"train", "probe_handcrafted", "similarity_channels"},
+        ),
         ({"report": {"measure": "cka_debiased"}}, {"findings"}, {"tables", "figures"}),
         # settings of speed, memory and device rerun nothing
         (
@@ -145,6 +158,85 @@ def test_a_setting_reruns_exactly_the_jobs_that_read_it(done, change, reruns, un
         return
     jobs = job_counts(out)
     assert reruns <= set(jobs) and not untouched & set(jobs), jobs
+
+
+def test_a_setting_of_one_architecture_reruns_only_its_networks(done):
+    c = cfg(done)
+    r = snakemake(done, *override(done, "deform", {"models": {"deformable": "reference"}}), "-n")
+    jobs = job_counts(r.stdout + r.stderr)
+    assert jobs.get("train") == len(c["datasets"]) * len(c["models"]["seeds"]), jobs  # the Deformable ones
+
+
+def test_activations_on_demand_equal_the_stored_features(done, tmp_path):
+    """The consumers of deep features compute the activations from the model files; run on the features that
+    ``deep.store`` exports for the same models they give the same tables (bitwise on the CPU)."""
+    import numpy as np
+
+    from deepfeat import config as cf
+    from deepfeat import workflow as wf
+    from deepfeat.probe import probe_deep
+    from deepfeat.similarity import similarity_cross, similarity_deep
+
+    work = scratch_copy(done, tmp_path)
+    layers = ["conv1", "pool1", "conv2", "pool2", "conv3"]
+    args = override(work, "store", {"deep": {"store": layers}})
+    jobs = job_counts(snakemake(work, *args, "-n").stdout)
+    assert set(jobs) - {"all"} == {"extract"}, jobs  # exporting reruns nothing else
+    snakemake(work, *args)
+    c = cf.validate(yaml.safe_load((work / "configs" / "ci.yaml").read_text()))
+    n_checked = 0
+    for ds, d in c["datasets"].items():
+        r, main = work / "results" / ds, d["main_task"]
+
+        def settings(rule, ds=ds):
+            s = wf.rule_settings(c, rule, ds)
+            for sec, v in json.loads(wf.rule_tuning(c, rule, ds)).items():
+                s.setdefault(sec, {}).update(v)
+            return s
+
+        deep = sorted((r / "deep" / main).glob("*/seed*.h5"))
+        assert deep, f"no exported features for {ds}"
+        for f in deep:
+            arch, seed = f.parent.name, f.stem
+            model, out = r / "models" / main / arch / f"{seed}.pt", tmp_path / ds / arch / seed
+            got, _ = probe_deep(
+                model=model,
+                deep=f,
+                features=r / "handcrafted.h5",
+                mel=r / "mel.h5",
+                scores=out / "p.csv",
+                confusion=out / "c.csv",
+                settings=settings("probe_deep"),
+                dataset=ds,
+            )
+            want = pd.read_csv(r / "probes" / "deep" / main / arch / f"{seed}.csv", keep_default_na=False)
+            pd.testing.assert_frame_equal(pd.read_csv(out / "p.csv", keep_default_na=False), want)
+            similarity_deep(
+                model=model,
+                deep=f,
+                features=r / "handcrafted.h5",
+                mel=r / "mel.h5",
+                table=out / "s.csv",
+                moments=r / "similarity" / "handcrafted_moments.h5",
+                settings=settings("similarity_deep"),
+                dataset=ds,
+            )
+            want = pd.read_csv(r / "similarity" / "deep" / main / arch / f"{seed}.csv", keep_default_na=False)
+            pd.testing.assert_frame_equal(pd.read_csv(out / "s.csv", keep_default_na=False), want)
+            n_checked += 2
+        similarity_cross(
+            models=[r / "models" / main / f.parent.name / f"{f.stem}.pt" for f in deep],
+            deep=deep,
+            mel=r / "mel.h5",
+            table=tmp_path / ds / "x.csv",
+            settings=settings("similarity_cross"),
+            dataset=ds,
+        )
+        want = pd.read_csv(r / "similarity" / "cross" / f"{main}.csv", keep_default_na=False)
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / ds / "x.csv", keep_default_na=False), want)
+        with h5py.File(deep[0]) as h:
+            assert json.loads(h.attrs["layers"]) == layers and np.isfinite(h["trained/conv3"][:]).all()
+    assert n_checked >= 2 * len(c["datasets"])
 
 
 def scratch_copy(done, tmp_path):

@@ -65,9 +65,9 @@ def test_layout_and_rows_equal_a_direct_forward_pass(trained, arch, tmp_path):
     d, mel, models = trained
     out = tmp_path / "deep.h5"
     shapes = _extract(
-        models[arch], mel, out, {"layers": ALL, "batch_size": 8, "device": "cpu"}, log=get_logger(tmp_path / "x.log")
+        models[arch], mel, out, {"store": ALL, "batch_size": 8, "device": "cpu"}, log=get_logger(tmp_path / "x.log")
     )
-    assert "37/37 clips" in (tmp_path / "x.log").read_text()
+    assert "74/74 clip-states" in (tmp_path / "x.log").read_text()
     with open_h5(out, "deep") as f:
         assert f.attrs["arch"] == arch and f.attrs["seed"] == 3 and f.attrs["task"] == "family"
         assert json.loads(f.attrs["layers"]) == ALL
@@ -93,7 +93,7 @@ def test_layout_and_rows_equal_a_direct_forward_pass(trained, arch, tmp_path):
 def test_raw_point_is_the_conv_output_and_activated_is_after_bn_relu(trained, tmp_path):
     d, mel, models = trained
     raw, act = tmp_path / "raw.h5", tmp_path / "act.h5"
-    params = {"layers": ["conv1", "conv2"], "average_channels": [], "batch_size": 16, "device": "cpu"}
+    params = {"store": ["conv1", "conv2"], "average_channels": [], "batch_size": 16, "device": "cpu"}
     _extract(models["Regular"], mel, raw, params)
     _extract(models["Regular"], mel, act, {**params, "point": "activated"})
     model, meta = load_model(models["Regular"], "trained")
@@ -134,35 +134,39 @@ def test_layer_activations_full_maps(trained):
 
 def test_errors(trained, tmp_path):
     d, mel, models = trained
+    with pytest.raises(ConfigError, match="deep.store: empty"):  # the default exports nothing
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"device": "cpu"})
     with pytest.raises(ValueError, match="FeedForward has no conv"):
-        _extract(models["FeedForward"], mel, tmp_path / "ff.h5", {"device": "cpu"})
-    with pytest.raises(ValueError, match="deep.layers"):
-        _extract(models["Regular"], mel, tmp_path / "x.h5", {"layers": ["conv9"], "device": "cpu"})
+        _extract(models["FeedForward"], mel, tmp_path / "ff.h5", {"store": ALL, "device": "cpu"})
+    with pytest.raises(ValueError, match="deep.store"):
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"store": ["conv9"], "device": "cpu"})
     with pytest.raises(ValueError, match="average_channels"):
-        _extract(models["Regular"], mel, tmp_path / "x.h5", {"average_channels": ["fc1"], "device": "cpu"})
+        _extract(
+            models["Regular"], mel, tmp_path / "x.h5", {"store": ALL, "average_channels": ["fc1"], "device": "cpu"}
+        )
     other = tmp_path / "other.h5"
     write_fake_mel(other, n=20, n_mels=64, n_frames=64, seed=5)
     with pytest.raises(ValueError, match="train_mean.*differs"):
-        _extract(models["Regular"], other, tmp_path / "x.h5", {"device": "cpu"})
+        _extract(models["Regular"], other, tmp_path / "x.h5", {"store": ALL, "device": "cpu"})
     wide = tmp_path / "wide.h5"
     write_fake_mel(wide, n=20, n_mels=64, n_frames=70)
     with pytest.raises(ValueError, match="64x70 but"):
-        _extract(models["Regular"], wide, tmp_path / "x.h5", {"device": "cpu"})
+        _extract(models["Regular"], wide, tmp_path / "x.h5", {"store": ALL, "device": "cpu"})
     assert not (tmp_path / "x.h5").exists()
     with pytest.raises(KeyError, match="available"):
-        _extract(models["Regular"], mel, tmp_path / "ok.h5", {"layers": ["conv3"], "device": "cpu"})
+        _extract(models["Regular"], mel, tmp_path / "ok.h5", {"store": ["conv3"], "device": "cpu"})
         read_deep(tmp_path / "ok.h5", "conv1")
-    with pytest.raises(ConfigError, match="deep.layer: unknown key"):  # silently ignored before
-        _extract(models["Regular"], mel, tmp_path / "x.h5", {"layer": ["conv3"], "device": "cpu"})
-    with pytest.raises(ConfigError, match="deep.layers: .* non-unique"):  # the schema's uniqueItems
-        _extract(models["Regular"], mel, tmp_path / "x.h5", {"layers": ["conv3", "conv3"], "device": "cpu"})
+    with pytest.raises(ConfigError, match="deep.stor: unknown key"):  # silently ignored before
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"stor": ["conv3"], "device": "cpu"})
+    with pytest.raises(ConfigError, match="deep.store: .* non-unique"):  # the schema's uniqueItems
+        _extract(models["Regular"], mel, tmp_path / "x.h5", {"store": ["conv3", "conv3"], "device": "cpu"})
     assert not (tmp_path / "x.h5").exists()
 
 
 def test_written_file_passes_the_reader_checks(trained, tmp_path):
     d, mel, models = trained
     out = tmp_path / "seed3.h5"
-    shapes = _extract(models["Deformable"], mel, out, {"layers": ["pool1", "conv3"], "device": "cpu"})
+    shapes = _extract(models["Deformable"], mel, out, {"store": ["pool1", "conv3"], "device": "cpu"})
     with open_h5(out, "deep") as f:
         info = deep_info(f, out, n_clips=37)
         assert json.loads(f.attrs["average_channels"]) == ["pool1"] and f.attrs["model"] == "Deformable.pt"
@@ -174,7 +178,7 @@ def test_written_file_passes_the_reader_checks(trained, tmp_path):
         "raw",
     )
     assert info.widths == {a: int(np.prod(s)) for a, s in shapes.items()}
-    assert extract_features.job.reads == {"deep": ("layers", "point", "average_channels")}
+    assert extract_features.job.reads == {"deep": ("store", "point", "average_channels")}
     assert extract_features.job.tunes == {"deep": ("batch_size", "device")}
 
 
@@ -184,7 +188,8 @@ PEAK = """
 import sys
 from deepfeat.nets import extract_features
 extract_features(model=sys.argv[1], mel=sys.argv[2], deep=sys.argv[3],
-                 settings={"deep": {"batch_size": 32, "device": "cpu"}})
+                 settings={"deep": {"store": ["conv1", "pool1", "conv2", "pool2", "conv3"], "batch_size": 32,
+                                    "device": "cpu"}})
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 

@@ -38,6 +38,11 @@ def old_cwt_row(row, width):
     return np.convolve(row, old_ricker(n, width)[::-1], mode="same")
 
 
+def old_cwt_frames(mel_clip, width):
+    """The method's second family: the old cwt along the mel bins of every frame of one (F, T) clip -> (T, F)."""
+    return np.stack([old_cwt_row(mel_clip[:, t], width) for t in range(mel_clip.shape[1])])
+
+
 def build(clips, mel, out, params: dict, mel_params: dict = MEL_PARAMS) -> dict:
     """The handcrafted job, called as the workflow calls it."""
     return hc.build_store(clips=clips, mel=mel, features=out, settings={"handcrafted": params, "mel": mel_params})
@@ -106,6 +111,22 @@ def test_ricker_transform_all_widths_and_time_mean():
             for f in range(6):
                 np.testing.assert_allclose(R[b, i, f], old_cwt_row(mel[b, f].astype(np.float64), w), atol=1e-9)
     np.testing.assert_allclose(hc.ricker_time_mean(mel, widths), R.mean(axis=-1), rtol=0, atol=1e-12)
+
+
+def test_ricker_transform_along_the_mel_bins_and_its_mean():
+    """The method's second family: per frame, the old cwt along the F mel bins (kernel min(10 w, F))."""
+    rng = np.random.default_rng(4)
+    mel = np.clip(rng.normal(-40, 20, (3, 37, 9)), -80, 0).astype(np.float32)  # F = 37 < 10 w for w = 5, 10, 25
+    widths = [1, 5, 10, 25]
+    R = hc.ricker_transform_bins(mel, widths)
+    assert R.shape == (3, 4, 9, 37) and R.dtype == np.float64
+    for b in range(3):
+        for i, w in enumerate(widths):
+            np.testing.assert_allclose(R[b, i], old_cwt_frames(mel[b].astype(np.float64), w), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(hc.ricker_bins_mean(mel, widths), R.mean(axis=-1), rtol=0, atol=1e-12)
+    # not the transform along time summarised over bins (what deepfeat's "over frequency" used to be)
+    along_time = hc.ricker_transform(mel, widths).mean(axis=2)  # (B, W, T)
+    assert not np.allclose(along_time, R.mean(axis=-1), atol=1e-3)
 
 
 def test_summary_stats_match_numpy_and_scipy():
@@ -185,6 +206,46 @@ def test_librosa_features_match_per_clip_calls(store):
         np.testing.assert_array_equal(hc.read_feature(path, name)[0], value, err_msg=name)
 
 
+def test_pad_mode_is_passed_to_every_stft(store, tmp_path):
+    """mel.pad_mode reflect (librosa 0.8's, the method's): RMS and the spectral features equal librosa's calls with
+    pad_mode='reflect' and differ from the default (zeros) at the first and last frames only; the store records it;
+    a mel.h5 computed with another pad mode is refused, naming the key."""
+    d, audio = store["dir"], store["audio"]
+    fams = ["rms", "spectral_centroid", "spectral_flatness"]
+    build(d / "clips.h5", d / "mel.h5", tmp_path / "r.h5", {"features": fams}, {**MEL_PARAMS, "pad_mode": "reflect"})
+    kw = dict(n_fft=2048, hop_length=502, pad_mode="reflect")
+    ref = {
+        "RMS": lambda y: librosa.feature.rms(y=y, frame_length=2048, hop_length=502, pad_mode="reflect"),
+        "Spectral Centroid": lambda y: librosa.feature.spectral_centroid(y=y, sr=SR, **kw),
+        "Spectral Flatness": lambda y: librosa.feature.spectral_flatness(y=y, **kw),
+    }
+    for name, fn in ref.items():
+        got = hc.read_feature(tmp_path / "r.h5", name)
+        want = np.stack([fn(y.astype(np.float64))[0] for y in audio[1:]])
+        np.testing.assert_allclose(got[1:], want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=name)
+        zero = hc.read_feature(store["path"], name)
+        differs = np.flatnonzero(np.abs(got - zero).max(axis=0) > 1e-6 * np.abs(zero).max())
+        assert set(differs) <= {0, 1, 2, 125, 126, 127} and {0, 127} <= set(differs), (name, differs)
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert json.loads(f["features/rms"].attrs["params"])["pad_mode"] == "reflect"
+        assert json.loads(f.attrs["params"])["mel"]["pad_mode"] == "reflect"
+    with h5py.File(d / "mel.h5") as f:
+        mel_attrs = dict(f["mel"].attrs)
+    with write_h5(tmp_path / "mel.h5", "mel") as f:
+        f.create_dataset("mel", data=store["mel"].astype(np.float32)).attrs.update(
+            {**mel_attrs, "pad_mode": "constant"}
+        )
+        f.attrs["sample_rate"] = SR
+    with pytest.raises(ValueError, match=r"pad_mode=constant but the mel config says mel\.pad_mode: reflect"):
+        build(
+            None,
+            tmp_path / "mel.h5",
+            tmp_path / "e.h5",
+            {"features": ["random"]},
+            {**MEL_PARAMS, "pad_mode": "reflect"},
+        )
+
+
 def test_sample_rate_is_passed_to_librosa(tmp_path):
     """The same samples declared at 22,050 Hz give frequencies scaled by 22050/16000 (the notebooks' bug)."""
     n = 3
@@ -225,7 +286,7 @@ EXPECTED_NAMES = (
     ]
     + [
         f"{s} Wavelet ({w}){sfx}"
-        for sfx in ("", " over frequency")
+        for sfx in ("", " over frequency")  # the default wavelet_axes [time, frequency]: the method's two families
         for w in (1, 5, 10, 25)
         for s in ("Mean", "Median", "Std", "Var", "Kurtosis", "Q25", "Q75")
     ]
@@ -258,6 +319,17 @@ def test_store_names_attrs_and_layout(store):
         assert f["features/mean_wavelet_25"].attrs["name"] == "Mean Wavelet (25)"
         assert json.loads(f["features/wavelet_combined"].attrs["shape"]) == [6, 128]
         assert json.loads(f["features/mean_wavelet_25_over_frequency"].attrs["shape"]) == [128]
+        ofreq = json.loads(f["features/mean_wavelet_25_over_frequency"].attrs["params"])
+        assert ofreq == {
+            "width": 25,
+            "points": 128,
+            "stat": "mean",
+            "axis": "frequency",
+            "along": "mel bins",
+            "over": "mel bins",
+            "mode": "same",
+        }
+        assert "along the mel bins of each frame" in f["features/mean_wavelet_25_over_frequency"].attrs["definition"]
     t = store["timings"]
     assert set(config.default("handcrafted", "features")) <= set(t) and t["total"] > 0 and t["ricker_transform"] > 0
 
@@ -275,16 +347,19 @@ def test_store_values_against_direct_computation(store):
             ]
         )
         np.testing.assert_array_equal(hc.read_feature(path, f"Time to {thr} dB"), want)
-    # wavelets for one clip, per row, as the reference notebooks did
+    # wavelets for one clip, per row (along time) and per frame (along the mel bins), as the method defines them
     b = 3
     for w in (5, 25):
-        rows = np.stack([old_cwt_row(r, w) for r in mel[b]])  # (F, T)
+        rows = np.stack([old_cwt_row(r, w) for r in mel[b]])  # (F, T): along time
+        frames = old_cwt_frames(mel[b], w)  # (T, F): along the mel bins
         checks = {
             f"Mean Wavelet ({w})": rows.mean(1),
             f"Kurtosis Wavelet ({w})": scipy.stats.kurtosis(rows, axis=1),
             f"Q75 Wavelet ({w})": np.quantile(rows, 0.75, axis=1),
-            f"Median Wavelet ({w}) over frequency": np.median(rows, axis=0),
-            f"Std Wavelet ({w}) over frequency": rows.std(axis=0),
+            f"Mean Wavelet ({w}) over frequency": frames.mean(axis=1),
+            f"Median Wavelet ({w}) over frequency": np.median(frames, axis=1),
+            f"Std Wavelet ({w}) over frequency": frames.std(axis=1),
+            f"Kurtosis Wavelet ({w}) over frequency": scipy.stats.kurtosis(frames, axis=1),
         }
         for name, want in checks.items():
             np.testing.assert_allclose(hc.read_feature(path, name)[b], want, rtol=2e-6, atol=1e-5, err_msg=name)
@@ -345,9 +420,12 @@ def test_constant_spectrograms_give_finite_features(tmp_path):
     build(None, tmp_path / "mel.h5", tmp_path / "h.h5", p)
     for name in hc.list_features(tmp_path / "h.h5"):
         assert np.all(np.isfinite(hc.read_feature(tmp_path / "h.h5", name))), name
-    # every bin of a constant spectrogram has the same transform -> constant over frequency -> kurtosis 0
-    np.testing.assert_array_equal(hc.read_feature(tmp_path / "h.h5", "Kurtosis Wavelet (5) over frequency")[:2], 0)
+    # an all-0 dB spectrogram transforms to 0 along either axis: constant -> kurtosis 0 (not NaN)
+    np.testing.assert_array_equal(hc.read_feature(tmp_path / "h.h5", "Kurtosis Wavelet (5) over frequency")[1], 0)
     np.testing.assert_array_equal(hc.read_feature(tmp_path / "h.h5", "Time to -70 dB")[1], T)
+    # along time, every bin of a constant spectrogram has the same transform -> constant across bins -> kurtosis 0
+    build(None, tmp_path / "mel.h5", tmp_path / "a.h5", {"features": ["wavelet"], "wavelet_axes": ["time_across_bins"]})
+    np.testing.assert_array_equal(hc.read_feature(tmp_path / "a.h5", "Kurtosis Wavelet (5) across bins")[:2], 0)
 
 
 def test_selected_options_and_feature_subsets(store, tmp_path):
@@ -366,10 +444,36 @@ def test_selected_options_and_feature_subsets(store, tmp_path):
         "Wavelet Combined",
         "Mean Power (time)",
     ]
-    rows = np.stack([old_cwt_row(r, 3) for r in store["mel"][0]])
     np.testing.assert_allclose(
-        hc.read_feature(tmp_path / "o.h5", "Var Wavelet (3) over frequency")[0], rows.var(0), rtol=1e-6
+        hc.read_feature(tmp_path / "o.h5", "Var Wavelet (3) over frequency")[0],
+        old_cwt_frames(store["mel"][0], 3).var(1),
+        rtol=1e-6,
     )
+    # deepfeat's former "over frequency": the transform along time, summarised across the mel bins
+    p2 = {**p, "wavelet_axes": ["time_across_bins", "frequency"], "wavelet_stats": ["mean", "q25"]}
+    build(None, d / "mel.h5", tmp_path / "a.h5", p2)
+    names = hc.list_features(tmp_path / "a.h5")
+    assert names[:4] == [
+        "Mean Wavelet (3) across bins",
+        "Q25 Wavelet (3) across bins",
+        "Mean Wavelet (3) over frequency",
+        "Q25 Wavelet (3) over frequency",
+    ]
+    rows = np.stack([old_cwt_row(r, 3) for r in store["mel"][0]])  # (F, T) along time
+    a = tmp_path / "a.h5"
+    np.testing.assert_allclose(
+        hc.read_feature(a, "Mean Wavelet (3) across bins")[0], rows.mean(0), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        hc.read_feature(a, "Q25 Wavelet (3) across bins")[0], np.quantile(rows, 0.25, axis=0), rtol=1e-5, atol=1e-5
+    )
+    with h5py.File(a) as f:
+        assert json.loads(f["features/mean_wavelet_3_across_bins"].attrs["params"])["along"] == "time"
+    # the two per-frame families are different features (the issue measured r = 0.065 at w = 25 on a real clip)
+    r = np.corrcoef(
+        hc.read_feature(a, "Mean Wavelet (3) across bins")[0], hc.read_feature(a, "Mean Wavelet (3) over frequency")[0]
+    )
+    assert abs(r[0, 1]) < 0.9
 
 
 # ------------------------------------------------------------------------------------- registry, errors
@@ -422,9 +526,9 @@ def test_settings_are_the_schema_and_config_sections():
     keys = config.section_keys("handcrafted")
     spec = hc.build_store.job
     assert list(spec.reads["handcrafted"]) + list(spec.tunes["handcrafted"]) == keys
-    assert spec.tunes == {"handcrafted": ("chunk_size",)} and spec.reads["mel"] == ("n_fft", "hop_length")
+    assert spec.tunes == {"handcrafted": ("chunk_size",)} and spec.reads["mel"] == ("n_fft", "hop_length", "pad_mode")
     assert workflow.job_spec("handcrafted") == {
-        "reads": {"handcrafted": keys[:-1], "mel": ["n_fft", "hop_length"]},
+        "reads": {"handcrafted": keys[:-1], "mel": ["n_fft", "hop_length", "pad_mode"]},
         "tunes": {"handcrafted": ["chunk_size"]},
     }
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["handcrafted"]

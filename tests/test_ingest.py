@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from deepfeat.data.audio import AudioError, load_audio, read_audio
 from deepfeat.data.ingest import PARTS, ingest_dataset
 from deepfeat.data.sources import IngestError
 from deepfeat.data.split import split_clips
+from deepfeat.formats.clips import clip_audio
 from deepfeat.formats.cliptable import read_clip_table
 from deepfeat.formats.files import open_h5
 
@@ -113,8 +115,10 @@ def test_nsynth_filters_labels_round_trip(nsynth_root, tmp_path):
     assert s["n_clips"] == len(keep) == 12
     with open_h5(out, "clips") as f:
         meta, tasks, main = read_clip_table(f)
-        audio = f["audio"][:]
-        assert f["audio"].dtype == np.float32 and audio.shape == (12, 4 * NS_SR)
+        audio = clip_audio(f)[:]
+        # 16-bit mono files at the rate: stored as int16 (lossless), read back as float32 through clip_audio
+        assert f["audio"].dtype == np.int16 and f["audio"].attrs["scale"] == 1 / 32768 and s["storage"] == "int16"
+        assert audio.dtype == np.float32 and audio.shape == (12, 4 * NS_SR)
         assert f.attrs["sample_rate"] == NS_SR and f.attrs["clip_seconds"] == 4.0
         assert f.attrs["source_format"] == "nsynth" and f.attrs["dataset"] == "notes"
         assert json.loads(f.attrs["skipped"]) == []
@@ -243,9 +247,11 @@ def test_recordings_clips_tail_part_and_labels(rec_root, tmp_path):
     out = tmp_path / "clips.h5"
     s = ingest(rec_root, with_defaults(REC_DS), "composers", out)
     assert s["n_clips"] == sum(N_CLIPS.values()) == 15 and s["skipped"] == []
+    assert s["storage"] == "float32"  # a stereo 44.1 kHz file is mixed and resampled: not exact 16-bit PCM
     with open_h5(out, "clips") as f:
         meta, tasks, _ = read_clip_table(f)
-        audio = f["audio"][:]
+        audio = clip_audio(f)[:]
+        assert f["audio"].dtype == np.float32
     assert audio.shape == (15, 4 * REC_SR)
     for p, comp, _secs, year, _sr, _ch in RECS:
         m = meta[meta["recording"] == p]
@@ -312,8 +318,8 @@ def test_recordings_one_class_task(rec_root, tmp_path):
         ("corrupt", r"bad\.wav: unreadable or corrupt"),
         ("empty", r"empty\.wav: (empty audio|unreadable)"),
         ("short", r"short\.wav: recording is shorter than one clip"),
-        ("empty_label", r"metadata\.csv line 8 \(x\.wav\): empty label in 'composer'"),
-        ("bad_number", r"metadata\.csv line 8 \(x\.wav\): label 'year' = 'soon' is not a number"),
+        ("empty_label", r"1 bad row in \S*metadata\.csv:\n  line 8 \(x\.wav\): empty label in 'composer'"),
+        ("bad_number", r"metadata\.csv:\n  line 8 \(x\.wav\): label 'year' = 'soon' is not a number"),
     ],
 )
 def test_recordings_bad_files_fail_and_skip(tmp_path, case, pattern):
@@ -340,10 +346,99 @@ def test_recordings_bad_files_fail_and_skip(tmp_path, case, pattern):
     s = ingest(root, with_defaults(REC_DS), "composers", out, on_error="skip")
     assert s["n_clips"] == 15 and len(s["skipped"]) == 1
     assert s["skipped"][0]["file"] == row.split(",")[0]
+    assert f"metadata.csv line 8 ({row.split(',')[0]}): " in s["skipped"][0]["reason"]  # the row and its file
     with open_h5(out, "clips") as f:
         skipped = json.loads(f.attrs["skipped"])
         assert skipped == s["skipped"]
         assert row.split(",")[0] not in set(f["meta/recording"].asstr()[:])
+
+
+def six_bad_rows(root: Path) -> list[str]:
+    """The recordings folder of a new user: the good RECS plus six bad rows (lines 8 to 13), one of each kind;
+    returns the expected reason patterns in CSV order."""
+    make_recordings(
+        root,
+        extra_rows="bad.wav,bach,1700,w0\ncut.wav,bach,1700,w0\ntwo.wav,bach,1700,w0\ngone.wav,bach,1700,w0\n"
+        "x.wav,,1700,w0\n../outside.wav,bach,1700,w0\n",
+    )
+    (root / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
+    sf.write(root / "cut.wav", tone(5.0, REC_SR), REC_SR, subtype="PCM_16")
+    (root / "cut.wav").write_bytes((root / "cut.wav").read_bytes()[:20000])
+    sf.write(root / "two.wav", tone(2.0, REC_SR), REC_SR)
+    sf.write(root / "x.wav", tone(5.0, REC_SR), REC_SR)
+    sf.write(root.parent / "outside.wav", tone(5.0, REC_SR), REC_SR)
+    return [
+        r"line 8 \(bad\.wav\): \S*bad\.wav: unreadable or corrupt audio",
+        r"line 9 \(cut\.wav\): \S*cut\.wav: corrupt audio \(truncated",
+        r"line 10 \(two\.wav\): \S*two\.wav: recording is shorter than one clip \(2\.000 s < 4 s\)",
+        r"line 11 \(gone\.wav\): \S*gone\.wav: audio file not found",
+        r"line 12 \(x\.wav\): empty label in 'composer'",
+        r"line 13 \(\.\./outside\.wav\): the path leaves the dataset folder "
+        r".*datasets\.composers\.recordings\.allow_outside: true",
+    ]
+
+
+def test_fail_lists_every_bad_row_at_once_and_writes_nothing(tmp_path):
+    """ingest.on_error fail: one IngestError naming all six bad rows (CSV line, file, reason) in CSV order, the
+    way out, and no output; skip: the same six left out, each recorded."""
+    root = tmp_path / "r"
+    reasons = six_bad_rows(root)
+    out = tmp_path / "c.h5"
+    with pytest.raises(IngestError) as err:
+        ingest(root, with_defaults(REC_DS), "composers", out)
+    msg = str(err.value)
+    assert msg.startswith("datasets.composers: nothing was written; 6 bad rows in ") and "metadata.csv:\n" in msg
+    lines = msg.splitlines()[1:7]
+    assert len(lines) == 6 and all(re.match("  " + r, line) for r, line in zip(reasons, lines)), lines
+    assert "set ingest.on_error: skip to leave them out" in msg.splitlines()[-1]
+    assert not out.exists() and not list(tmp_path.glob(".c.h5*"))
+    s = ingest(root, with_defaults(REC_DS), "composers", out, on_error="skip")
+    assert s["n_clips"] == 15 and [d["file"] for d in s["skipped"]] == [
+        "bad.wav",
+        "cut.wav",
+        "two.wav",
+        "gone.wav",
+        "x.wav",
+        "../outside.wav",
+    ]
+    for r, d in zip(reasons, s["skipped"]):
+        assert re.search(r, d["reason"]) and "metadata.csv line" in d["reason"], d
+
+
+def test_problems_only_decoding_finds_are_listed_at_the_end(tmp_path):
+    """Valid headers, bad samples (NaN in float WAVs): found while decoding, all listed in one error raised before
+    the file is renamed into place."""
+    root = tmp_path / "r"
+    make_recordings(root, extra_rows="nan1.wav,bach,1700,w0\nnan2.wav,bach,1700,w0\n")
+    for name in ("nan1.wav", "nan2.wav"):
+        y = tone(5.0, REC_SR)
+        y[1000] = np.nan
+        sf.write(root / name, y, REC_SR, subtype="FLOAT")
+    out = tmp_path / "c.h5"
+    with pytest.raises(IngestError, match=r"2 bad rows .*\n  line 8 \(nan1\.wav\): .*NaN.*\n  line 9 \(nan2\.wav\)"):
+        ingest(root, with_defaults(REC_DS), "composers", out)
+    assert not out.exists() and not list(tmp_path.glob(".c.h5*"))
+
+
+def test_paths_outside_the_folder_need_allow_outside(tmp_path):
+    """../ and absolute paths are bad rows by default; recordings.allow_outside: true reads them; a symbolic link
+    inside the folder is always followed."""
+    root = tmp_path / "r"
+    make_recordings(root, RECS[:3])
+    sf.write(tmp_path / "up.wav", tone(8.0, REC_SR), REC_SR)
+    sf.write(tmp_path / "abs.wav", tone(4.5, REC_SR), REC_SR)
+    (root / "link.wav").symlink_to(tmp_path / "up.wav")
+    with open(root / "metadata.csv", "a") as fh:
+        fh.write(f"../up.wav,bach,1700,w0\n{tmp_path / 'abs.wav'},mozart,1780,w1\nlink.wav,mozart,1781,w0\n")
+    with pytest.raises(IngestError, match=r"2 bad rows") as err:
+        ingest(root, with_defaults(REC_DS), "composers", tmp_path / "c.h5")
+    assert "line 5 (../up.wav): the path leaves" in str(err.value) and "line 6 (" in str(err.value)
+    ds = with_defaults({**REC_DS, "recordings": {"allow_outside": True}})
+    s = ingest(root, ds, "composers", tmp_path / "c.h5")
+    assert s["skipped"] == [] and s["n_clips"] == 2 + 3 + 3 + 2 + 1 + 2
+    with open_h5(tmp_path / "c.h5", "clips") as f:
+        recs = set(f["meta/recording"].asstr()[:])
+    assert {"../up.wav", str(tmp_path / "abs.wav"), "link.wav"} <= recs
 
 
 def test_skip_mode_fails_when_nothing_left(tmp_path):

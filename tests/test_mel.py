@@ -16,16 +16,17 @@ from deepfeat import config, workflow
 from deepfeat.config import ConfigError
 from deepfeat.data.ingest import ingest_dataset
 from deepfeat.data.mel import _RunningMoments, build_mel_store, melspectrogram_db, n_frames
+from deepfeat.formats.clips import clip_audio
 from deepfeat.formats.cliptable import read_clip_table
 from deepfeat.formats.files import CorruptOutputError, open_h5, write_h5
 
 TOL_DB = 1e-3
 
 
-def librosa_db(clip: np.ndarray, sr: int) -> np.ndarray:
+def librosa_db(clip: np.ndarray, sr: int, pad_mode: str = "constant") -> np.ndarray:
     """The reference: librosa per clip, exactly as the method describes it."""
     S = librosa.feature.melspectrogram(
-        y=clip, sr=sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000, pad_mode="constant"
+        y=clip, sr=sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000, pad_mode=pad_mode
     )
     return librosa.power_to_db(S, ref=np.max)
 
@@ -51,14 +52,15 @@ def test_clips(sr: int, seconds: float = 4.0) -> np.ndarray:
 test_clips.__test__ = False  # a helper, not a test
 
 
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
 @pytest.mark.parametrize("sr, frames", [(16000, 128), (22050, 176)])
-def test_matches_librosa_per_clip(sr, frames):
+def test_matches_librosa_per_clip(sr, frames, pad_mode):
     clips = test_clips(sr)
-    ours = melspectrogram_db(clips, sr)
+    ours = melspectrogram_db(clips, sr, pad_mode=pad_mode)
     assert ours.dtype == np.float32 and ours.shape == (5, 128, frames)
     assert n_frames(clips.shape[1], 502) == frames
     for i, clip in enumerate(clips):
-        ref = librosa_db(clip, sr)
+        ref = librosa_db(clip, sr, pad_mode)
         assert ref.shape == (128, frames)
         err = np.abs(ours[i] - ref).max()
         assert err <= TOL_DB, (sr, i, err)
@@ -67,7 +69,7 @@ def test_matches_librosa_per_clip(sr, frames):
     assert ours.max(axis=(1, 2)).tolist() == [0.0] * 5
     assert (ours.min(axis=(1, 2)) >= -80.0).all()
     # the dB reference and floor are per clip: a batch gives what each clip alone gives
-    np.testing.assert_array_equal(ours[3], melspectrogram_db(clips[3:4], sr)[0])
+    np.testing.assert_array_equal(ours[3], melspectrogram_db(clips[3:4], sr, pad_mode=pad_mode)[0])
     assert (
         ours[3].max() == 0.0
         and librosa.power_to_db(
@@ -108,6 +110,21 @@ def test_inputs_tensor_1d_and_sub_batches(monkeypatch):
     np.testing.assert_allclose(melspectrogram_db(clips[:1], sr, 512, 128, 40, 4000, 60.0)[0], ref, atol=TOL_DB)
 
 
+def test_pad_mode_changes_the_padded_frames_only():
+    """reflect vs constant padding: the power of the frames whose window reaches past either end differs (up to
+    several dB at the first and last two frames); every frame in between is the same power."""
+    sr = 16000
+    clip = test_clips(sr)[0]
+    kw = dict(sr=sr, n_fft=2048, hop_length=502, n_mels=128, fmax=8000)
+    a = librosa.feature.melspectrogram(y=clip, pad_mode="constant", **kw)
+    b = librosa.feature.melspectrogram(y=clip, pad_mode="reflect", **kw)
+    diff = np.abs(10 * np.log10(np.maximum(a, 1e-10)) - 10 * np.log10(np.maximum(b, 1e-10))).max(axis=0)
+    assert set(np.flatnonzero(diff > 1e-3)) <= {0, 1, 2, 125, 126, 127} and diff[0] > 1 and diff[-1] > 1
+    ours = {m: melspectrogram_db(clip[None], sr, pad_mode=m)[0] for m in ("constant", "reflect")}
+    # the peak of this decaying tone lies in frame 0..2 for both: the dB reference moves with the padding
+    assert not np.array_equal(ours["constant"], ours["reflect"])
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN or inf"):
         melspectrogram_db(np.array([[0.0, np.nan] * 1000]), 16000)
@@ -115,6 +132,10 @@ def test_bad_inputs():
         melspectrogram_db(np.zeros((2, 3, 100)), 16000)
     with pytest.raises(ValueError, match="Nyquist"):
         melspectrogram_db(np.zeros((1, 4000)), 8000, fmax=8000)
+    with pytest.raises(ValueError, match=r"mel\.pad_mode: 'edge' is not one of"):
+        melspectrogram_db(np.zeros((1, 4000)), 16000, pad_mode="edge")
+    with pytest.raises(ValueError, match=r"mel\.pad_mode 'reflect' needs clips longer than"):
+        melspectrogram_db(np.zeros((1, 1000)), 16000, pad_mode="reflect")
 
 
 def test_running_moments_exact():
@@ -195,14 +216,15 @@ PARAMS = {
 }
 
 
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
 @pytest.mark.parametrize("layout, frames", [("nsynth", 128), ("recordings", 176)])
-def test_mel_store(tmp_path, layout, frames):
+def test_mel_store(tmp_path, layout, frames, pad_mode):
     ds = (_nsynth if layout == "nsynth" else _recordings)(tmp_path / "src")
     clips, out = tmp_path / "clips.h5", tmp_path / "mel.h5"
     ingest_dataset(clips=clips, settings={"dataset": ds}, root=tmp_path / "src", dataset="d")
-    summary = build_mel_store(clips=clips, mel=out, settings={"mel": PARAMS})
+    summary = build_mel_store(clips=clips, mel=out, settings={"mel": {**PARAMS, "pad_mode": pad_mode}})
     with open_h5(clips, "clips") as c, open_h5(out, "mel") as m:
-        audio = c["audio"][:]
+        audio = clip_audio(c)[:]
         sr = int(c.attrs["sample_rate"])
         mel = m["mel"][:]
         assert mel.dtype == np.float32 and mel.shape == (audio.shape[0], 128, frames)
@@ -226,7 +248,8 @@ def test_mel_store(tmp_path, layout, frames):
             "top_db",
         ):
             assert k in a, k
-        assert a["sr"] == sr and a["hop_length"] == 502 and a["pad_mode"] == "constant" and a["norm"] == "slaney"
+        assert a["sr"] == sr and a["hop_length"] == 502 and a["pad_mode"] == pad_mode and a["norm"] == "slaney"
+        assert json.loads(m.attrs["mel_params"])["pad_mode"] == pad_mode
         assert m.attrs["sample_rate"] == sr
         # every clip equals librosa; silent clips are finite (all 0 dB)
         assert np.isfinite(mel).all()
@@ -234,7 +257,7 @@ def test_mel_store(tmp_path, layout, frames):
         silent = np.flatnonzero(np.abs(audio).max(axis=1) == 0)
         assert silent.size >= 1 and (mel[silent] == 0).all()
         for i in range(mel.shape[0]):
-            assert np.abs(mel[i] - librosa_db(audio[i], sr)).max() <= TOL_DB
+            assert np.abs(mel[i] - librosa_db(audio[i], sr, pad_mode)).max() <= TOL_DB
         # standardisation statistics of the training split
         train = c["meta/split"][:] == 0
         vals = mel[train].astype(np.float64)
@@ -267,7 +290,7 @@ def test_mel_store_refuses_bad_input(tmp_path):
 # The job's settings
 # ----------------------------------------------------------------------------------------------------------
 def test_mel_declares_its_settings_and_the_workflow_reads_them():
-    reads, tunes = ["n_mels", "n_fft", "hop_length", "fmax", "top_db"], ["batch_size", "device"]
+    reads, tunes = ["n_mels", "n_fft", "hop_length", "fmax", "top_db", "pad_mode"], ["batch_size", "device"]
     assert build_mel_store.job.reads == {"mel": tuple(reads)} and build_mel_store.job.tunes == {"mel": tuple(tunes)}
     assert workflow.job_spec("melspec") == {"reads": {"mel": reads}, "tunes": {"mel": tunes}}
 
@@ -285,9 +308,9 @@ def test_defaults_are_the_schema_and_batch_size_changes_nothing(tmp_path):
         np.testing.assert_array_equal(a["mel"][:], b["mel"][:])
         assert a.attrs["train_mean"] == b.attrs["train_mean"] and a.attrs["train_std"] == b.attrs["train_std"]
         assert json.loads(a.attrs["mel_params"]) == json.loads(b.attrs["mel_params"])
-        for k in ("n_mels", "n_fft", "hop_length", "fmax", "top_db"):
+        for k in ("n_mels", "n_fft", "hop_length", "fmax", "top_db", "pad_mode"):
             assert a["mel"].attrs[k] == d[k], k
-        audio = c["audio"][:3]
+        audio = clip_audio(c)[:3]
         np.testing.assert_array_equal(a["mel"][:3], melspectrogram_db(audio, 22050))
         explicit = melspectrogram_db(audio, 22050, d["n_fft"], d["hop_length"], d["n_mels"], d["fmax"], d["top_db"])
         np.testing.assert_array_equal(a["mel"][:3], explicit)

@@ -9,7 +9,7 @@ from torch import nn
 
 from deepfeat.formats.files import CorruptOutputError
 from deepfeat.formats.models import save_model
-from deepfeat.nets.deform import DeformConv2d
+from deepfeat.nets.deform import DeformConv2d, ReferenceDeformConv2d
 from deepfeat.nets.models import ARCHS, CONV_ARCHS, LAYERS, build_model, cpu_state, layer_shapes, load_model, n_params
 
 # docs/method.md: (n_classes, T) -> parameter count per architecture
@@ -61,10 +61,11 @@ CONV3 = {  # docs/method.md: conv3 output for T=128 and T=176
 GRID = [(ds, arch) for ds in COUNTS for arch in ARCHS]
 
 
+@pytest.mark.parametrize("deformable", ["torchvision", "reference"])
 @pytest.mark.parametrize("ds,arch", GRID)
-def test_parameter_counts_match_the_method(ds, arch):
+def test_parameter_counts_match_the_method(ds, arch, deformable):
     n_classes, T, counts = COUNTS[ds]
-    m = build_model(arch, 128, T, n_classes)
+    m = build_model(arch, 128, T, n_classes, deformable)
     assert n_params(m) == counts[arch]
 
 
@@ -82,6 +83,12 @@ def test_regression_head_has_one_output(ds, arch):
 @pytest.mark.parametrize("t_index,T", [(0, 128), (1, 176)])
 def test_conv3_output_shapes(arch, t_index, T):
     m = build_model(arch, 128, T, 8).eval()
+    if arch == "Deformable":  # both semantics give the method's shapes
+        ref = build_model(arch, 128, T, 8, "reference").eval()
+        with torch.no_grad():
+            assert (
+                tuple(ref.activations(torch.randn(2, 1, 128, T), ["conv3"])["conv3"].shape[1:]) == CONV3[arch][t_index]
+            )
     with torch.no_grad():
         acts = m.activations(torch.randn(2, 1, 128, T), LAYERS)
     assert tuple(acts["conv3"].shape) == (2, *CONV3[arch][t_index])
@@ -98,9 +105,14 @@ def test_layer_names_and_order(arch):
     assert names == ["conv1", "bn1", "pool1", "conv2", "bn2", "pool2", "conv3", "bn3", "fc1", "out"]
     assert isinstance(m.pool1, nn.MaxPool2d) and isinstance(m.pool2, nn.MaxPool2d)
     assert m.fc1.out_features == 120 and all(isinstance(getattr(m, f"bn{i}"), nn.BatchNorm2d) for i in (1, 2, 3))
-    assert isinstance(m.conv3, DeformConv2d) == (arch == "Deformable")
+    assert isinstance(m.conv3, DeformConv2d) == (arch == "Deformable")  # the default: models.deformable torchvision
     if arch == "Deformable":
         assert m.conv3.bias is None and m.conv3.offset.kernel_size == (3, 3) and m.conv3.offset.stride == (2, 2)
+        r = build_model(arch, 128, 128, 8, "reference")
+        assert type(r.conv3) is ReferenceDeformConv2d and r.conv3.padding == 0 and r.conv3.offset.stride == (2, 2)
+        assert [n for n, _ in r.named_children()] == names
+    with pytest.raises(ValueError, match="models.deformable"):
+        build_model(arch, 128, 128, 8, "mmcv")
 
 
 def test_feedforward_layers():
@@ -211,6 +223,24 @@ def test_save_and_load_model(tmp_path):
     with pytest.raises(ValueError, match="meta lacks 'n_outputs'"):
         save_model(tmp_path / "x.pt", {"arch": "Regular", "input_shape": [1, 64, 64]}, init, init)
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("recorded", [None, "torchvision", "reference"])
+def test_load_model_rebuilds_the_recorded_deformable_semantics(tmp_path, recorded):
+    """A model file records the conv3 semantics it was built with; a file without the record (written before it
+    existed) means torchvision."""
+    semantics = recorded or "torchvision"
+    torch.manual_seed(3)
+    m = build_model("Deformable", 64, 64, 4, semantics).eval()
+    meta = {"arch": "Deformable", "input_shape": [1, 64, 64], "n_outputs": 4}
+    if recorded:
+        meta["deformable"] = recorded
+    save_model(tmp_path / "m.pt", meta, cpu_state(m), cpu_state(m))
+    got, _ = load_model(tmp_path / "m.pt")
+    assert type(got.conv3) is {"torchvision": DeformConv2d, "reference": ReferenceDeformConv2d}[semantics]
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), m(x))
 
 
 def test_the_agreed_names_are_importable_from_the_subpackages():

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,8 +15,12 @@ from conftest import write_fake_mel
 from torch.utils.data import DataLoader, TensorDataset
 
 from deepfeat import config, workflow
+from deepfeat.formats.cliptable import seeded_subset
 from deepfeat.formats.files import write_h5
+from deepfeat.formats.models import save_model
 from deepfeat.formats.tables import CONFUSION_COLUMNS, PROBE_COLUMNS
+from deepfeat.nets import extract_features
+from deepfeat.nets.models import build_model, cpu_state
 from deepfeat.probe import (
     RIDGE_GRID,
     fit_linear,
@@ -34,6 +39,7 @@ from deepfeat.probe import (
 )
 
 FAST = {"epochs": 100, "seeds": [0, 1], "device": "cpu", "ridge": 1.0e-3}
+LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3"]
 
 
 def run_handcrafted(folder, params, log=None, out=None):
@@ -50,16 +56,22 @@ def run_handcrafted(folder, params, log=None, out=None):
     )
 
 
-def run_deep(folder, params, log=None, deep="seed10.h5", out=None):
-    """probe_deep on folder/<deep> with folder/{handcrafted,mel}.h5, tables written under ``out``."""
+def run_deep(folder, params, log=None, deep="seed10.h5", out=None, model=None, deep_settings=None):
+    """probe_deep on folder/<deep> (an exported deep-feature file; its layers are probed) or, with ``deep=None``,
+    on the layers computed from ``model``, with folder/{handcrafted,mel}.h5; tables written under ``out``."""
     out = folder / "out" if out is None else out
+    dp = dict(deep_settings or {})
+    if deep is not None and "layers" not in dp:
+        with h5py.File(folder / deep, "r") as f:
+            dp["layers"] = json.loads(f.attrs["layers"])
     return probe_deep(
-        deep=folder / deep,
+        model=model,
+        deep=None if deep is None else folder / deep,
         features=folder / "handcrafted.h5",
         mel=folder / "mel.h5",
         scores=out / "deep.csv",
         confusion=out / "deep.confusion.csv",
-        settings={"probe": params},
+        settings={"probe": params, "deep": dp},
         dataset="toy",
         log=log,
     )
@@ -352,7 +364,8 @@ def test_ridge_auto_loo_equals_brute_force_leave_one_out(p):
     X = rng.normal(size=(20, p)).astype(np.float32)
     Y = np.column_stack([2 * X[:, 0] + rng.normal(0, 0.5, 20), rng.normal(50, 10, 20)])
     r = fit_linear(X[:14], Y[:14], X[14:], Y[14:], ridge="auto")
-    assert r["method"] == "ridge_loo" and r["form"] == "dual" and r["loo_mse"].shape == (len(RIDGE_GRID), 2)
+    form = "primal" if p < 14 else "dual"  # the p x p covariance whenever p < n_train, the n x n Gram otherwise
+    assert r["method"] == "ridge_loo" and r["form"] == form and r["loo_mse"].shape == (len(RIDGE_GRID), 2)
     Xc = X[:14].astype(np.float64) - X[:14].mean(0, dtype=np.float64)
     np.testing.assert_allclose(r["ridge_grid"], RIDGE_GRID * np.trace(Xc @ Xc.T) / 14, rtol=1e-12)
     for g in range(0, len(RIDGE_GRID), 4):
@@ -404,15 +417,14 @@ def test_ridge_auto_on_pure_noise_features_is_no_worse_than_the_mean(seed):
     assert auto["ridge_rel"] >= 1.0
 
 
-def test_ridge_auto_primal_and_given_gram_paths_equal_the_dual(monkeypatch):
+def test_ridge_auto_primal_and_given_gram_paths_equal_the_dual():
     rng = np.random.default_rng(23)
     X = rng.normal(2.0, 1.5, size=(80, 12)).astype(np.float32)
     Y = np.column_stack([X[:, :3].astype(np.float64) @ [1.0, -2.0, 3.0] + rng.normal(0, 1, 80), rng.normal(0, 1, 80)])
     Ztr, Zte = standardise(X[:60], X[60:])
-    dual = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto")
-    given = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto", gram=gram_matrix(Ztr))
-    monkeypatch.setattr(linear, "GRAM_BYTES", 0)  # n_train x n_train "too large": p x p covariance form
-    primal = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto")
+    dual = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto", form="dual")  # forced: p < n_train takes the primal
+    given = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto", gram=gram_matrix(Ztr), form="dual")
+    primal = fit_linear(Ztr, Y[:60], Zte, Y[60:], ridge="auto")  # p x p covariance form: the default for p < n
     assert (dual["form"], given["form"], primal["form"]) == ("dual", "dual", "primal")
     for other in (given, primal):
         np.testing.assert_array_equal(other["ridge_rel"], dual["ridge_rel"])
@@ -478,6 +490,36 @@ def write_deep(path, meta, widths=None, seed=0):
                 X[:, :3] += signal * np.eye(3)[codes]
                 ds = g.create_dataset(layer, data=X.astype(np.float32))
                 ds.attrs.update({"shape": json.dumps([d]), "averaged_channels": False, "point": "raw"})
+
+
+def write_model(path, mel, arch="Regular", seed=10, size=64):
+    """A model file of ``arch`` for the spectrograms of ``mel`` (untrained and "trained" weights from two seeds of
+    the initialisation: distinct networks, no training needed) with mel.h5's training statistics."""
+    with h5py.File(mel, "r") as f:
+        stats = {k: float(f.attrs[k]) for k in ("train_mean", "train_std")}
+    torch.manual_seed(seed)
+    init = cpu_state(build_model(arch, size, size, 3))
+    torch.manual_seed(seed + 1000)
+    final = cpu_state(build_model(arch, size, size, 3))
+    meta = {"arch": arch, "seed": seed, "task": "family", "input_shape": [1, size, size], "n_outputs": 3, **stats}
+    save_model(path, meta, init, final)
+
+
+@pytest.fixture(scope="module")
+def model_stage(tmp_path_factory):
+    """mel.h5 (60 clips of 64 x 64), handcrafted.h5, a Regular model file (seed 10) and the deep-feature file
+    extract_features exports for it (every layer)."""
+    tmp = tmp_path_factory.mktemp("on_demand")
+    _, meta = write_fake_mel(tmp / "mel.h5", n=60, n_mels=64, n_frames=64)
+    write_handcrafted(tmp / "handcrafted.h5", meta)
+    write_model(tmp / "seed10.pt", tmp / "mel.h5")
+    extract_features(
+        model=tmp / "seed10.pt",
+        mel=tmp / "mel.h5",
+        deep=tmp / "seed10.h5",
+        settings={"deep": {"device": "cpu", "batch_size": 16, "store": LAYERS}},
+    )
+    return tmp, meta
 
 
 @pytest.fixture
@@ -551,11 +593,12 @@ def test_probe_handcrafted_ridge_auto_logs_the_grid_and_the_choice(stage_files):
     log, lines = list_logger("test_probe.handcrafted_auto")
     scores, _ = run_handcrafted(tmp, {**FAST, "seeds": [0], "ridge": "auto"}, log)
     assert sum("leave-one-out" in x and "1.000e-06" in x and "1.000e+03" in x for x in lines) == 1
+    # widths 5-12 < 42 training clips: the p x p covariance (primal) form, never the n x n eigendecomposition
     assert (
         sum(
             bool(
                 re.match(
-                    r"probe .+ \| task pitch \| .*dual ridge, penalty [\d.e+-]+ = [\d.e+-]+.* x trace"
+                    r"probe .+ \| task pitch \| .*primal ridge, penalty [\d.e+-]+ = [\d.e+-]+.* x trace"
                     r"\(K\)/n by leave-one-out \(LOO rmse [\d.]+\)",
                     x,
                 )
@@ -582,7 +625,7 @@ def test_probe_deep_tidy_tables_and_concatenation(stage_files):
     assert set(layer_rows["feature"]) == {"Regular conv1", "Regular pool1", "Regular conv3"}
     assert (scores["arch"] == "Regular").all() and (scores["seed"] == 10).all()
     assert (scores["train_task"] == "family").all() and set(scores["trained"]) == {"trained", "untrained"}
-    assert set(scores.loc[scores["metric"] == "accuracy", "probe_seed"]) == {10}
+    assert set(scores.loc[scores["metric"] == "accuracy", "probe_seed"]) == {0}  # the first of probe.seeds
     assert (scores.loc[scores["metric"] == "rmse", "probe_seed"] == "").all()
     assert set(layer_rows["probe_task"]) == {"family", "pitch"}
     assert np.isfinite(scores["value"]).all()  # conv1 has 70 > 42 train clips: ridge, still finite
@@ -621,7 +664,6 @@ def test_probe_deep_dual_and_primal_forms_give_the_same_tables(tmp_path, monkeyp
     acc = auto[0]["metric"] == "accuracy"
     assert np.array_equal(auto[0].loc[acc, "value"], primal[0].loc[acc, "value"])
     np.testing.assert_allclose(auto[0].loc[~acc, "value"], primal[0].loc[~acc, "value"], rtol=1e-9)
-    import h5py
 
     split = meta["split"].to_numpy()
     with h5py.File(tmp_path / "seed10.h5") as f, h5py.File(tmp_path / "handcrafted.h5") as g:
@@ -636,7 +678,7 @@ def test_probe_deep_dual_and_primal_forms_give_the_same_tables(tmp_path, monkeyp
         np.hstack([b[1] for b in blocks]),
         y[split == 1],
         [3],
-        [10],
+        [0],  # the first probe seed, whatever the model seed
         params,
         form="primal",
     )
@@ -661,25 +703,27 @@ def test_misaligned_features_are_rejected(tmp_path):
         run_handcrafted(tmp_path, FAST)
 
 
-def test_snakemake_scripts_write_the_tables(stage_files):
+def test_snakemake_scripts_write_the_tables(model_stage, tmp_path):
     """The thin rule scripts: run_job unpacks snakemake.input/output/wildcards/params/resources/log (the settings
-    and tuning the workflow derives from a config for the rule), the job writes both CSVs atomically."""
+    and tuning the workflow derives from a config for the rule), the job writes both CSVs atomically; probe_deep
+    computes the layers from the model file."""
     import runpy
     from pathlib import Path
     from types import SimpleNamespace
 
     from snakemake.iocontainers import Namedlist
 
-    tmp, _ = stage_files
+    src, _ = model_stage
+    tmp = tmp_path
     scripts = Path(__file__).resolve().parents[1] / "scripts"
-    cfg = {"probe": {**FAST, "seeds": [3], "concat_features": ["Random"]}}
+    cfg = {"probe": {**FAST, "seeds": [3], "concat_features": ["Random"]}, "deep": {"batch_size": 16}}
     runs = {
         "probe_handcrafted": (
-            {"features": str(tmp / "handcrafted.h5"), "mel": str(tmp / "mel.h5")},
+            {"features": str(src / "handcrafted.h5"), "mel": str(src / "mel.h5")},
             {"dataset": "toy"},
         ),
         "probe_deep": (
-            {"deep": str(tmp / "seed10.h5"), "features": str(tmp / "handcrafted.h5"), "mel": str(tmp / "mel.h5")},
+            {"model": str(src / "seed10.pt"), "features": str(src / "handcrafted.h5"), "mel": str(src / "mel.h5")},
             {"dataset": "toy", "task": "family", "conv_arch": "Regular", "seed": "10"},
         ),
     }
@@ -702,7 +746,7 @@ def test_snakemake_scripts_write_the_tables(stage_files):
         assert "| task family |" in (tmp / f"{name}.log").read_text()
         assert not list((tmp / name).glob(".*"))  # no temporary files left
     assert "Regular conv3 + Random" in set(scores["feature"])
-    assert set(scores.loc[scores["metric"] == "accuracy", "probe_seed"]) == {"10"}  # the model seed
+    assert set(scores.loc[scores["metric"] == "accuracy", "probe_seed"]) == {"3"}  # the first of probe.seeds
 
 
 def test_jobs_write_the_tables_they_return(stage_files):
@@ -717,17 +761,19 @@ def test_jobs_write_the_tables_they_return(stage_files):
 
 def test_job_declarations_and_unknown_settings():
     """The declared reads/tunes (what the workflow passes and watches); unknown keys are refused by name."""
+    reads = ["epochs", "lr", "momentum", "batch_size", "seeds", "ridge", "dual_max_clips", "covariance_max_width"]
     assert workflow.job_spec("probe_handcrafted") == {
-        "reads": {"probe": ["epochs", "lr", "momentum", "batch_size", "seeds", "ridge"]},
-        "tunes": {"probe": ["device"]},
+        "reads": {"probe": reads},
+        "tunes": {"probe": ["device", "memory_mb"]},
     }
     assert workflow.job_spec("probe_deep") == {
-        "reads": {"probe": ["epochs", "lr", "momentum", "batch_size", "ridge", "concat_features"]},
-        "tunes": {"probe": ["device"]},
+        "reads": {"probe": reads + ["concat_features"], "deep": ["layers", "point", "average_channels"]},
+        "tunes": {"probe": ["device", "memory_mb"], "deep": ["batch_size"]},
     }
     spec = probe_deep.job.resolve({"probe": {"epochs": 3}})
     assert spec["probe"]["epochs"] == 3 and spec["probe"]["ridge"] == config.default("probe", "ridge")
-    assert set(spec["probe"]) == {"epochs", "lr", "momentum", "batch_size", "ridge", "concat_features", "device"}
+    assert set(spec["probe"]) == {*reads, "concat_features", "device", "memory_mb"}
+    assert set(spec["deep"]) == {"layers", "point", "average_channels", "batch_size"}
     with pytest.raises(config.ConfigError, match=r"probe\.epoch: unknown key"):
         probe_handcrafted(
             features="f.h5",
@@ -739,7 +785,7 @@ def test_job_declarations_and_unknown_settings():
         )
     with pytest.raises(config.ConfigError, match=r"probe\.seed: unknown key"):
         probe_deep(
-            deep="d.h5",
+            model="m.pt",
             features="f.h5",
             mel="m.h5",
             scores="s.csv",
@@ -801,3 +847,211 @@ def test_deep_file_whose_seed_contradicts_its_name_is_rejected(stage_files):
     (tmp / "seed10.h5").rename(tmp / "seed1.h5")
     with pytest.raises(ValueError, match=r"seed1\.h5: root attr seed=10 contradicts the file name"):
         run_deep(tmp, FAST, deep="seed1.h5")
+
+
+# ------------------------------------------------------------------------------ probes on demand, bounded memory
+def test_fit_linear_leaves_a_float64_input_unchanged():
+    """Issue 16: the dual ridge centred the caller's float64 array in place (column means 2.94 -> 0.00)."""
+    rng = np.random.default_rng(30)
+    X = rng.normal(2.94, 1.0, size=(40, 90))  # float64, p > n: the dual forms
+    y = X[:, 0] * 2 + rng.normal(0, 0.1, 40)
+    keep = X.copy()
+    for ridge, gram in ((1e-2, None), ("auto", None), ("auto", "given"), (1e-2, "given")):
+        Z = X if gram is None else X - X[:30].mean(0)  # a given Gram matrix needs nearly centred features
+        before = Z.copy()
+        g = None if gram is None else torch.from_numpy(Z[:30] @ Z[:30].T)
+        r = fit_linear(Z[:30], y[:30], Z[30:], y[30:], ridge=ridge, gram=g)
+        assert np.array_equal(Z, before), (ridge, gram)
+        assert np.isfinite(r["test_rmse"])
+    np.testing.assert_allclose(X.mean(0), keep.mean(0), rtol=0, atol=0)
+    assert abs(X.mean() - 2.94) < 0.1
+    for p in (5, 90):  # OLS / covariance forms too
+        Xp = X[:, :p].copy()
+        fit_linear(Xp[:30], y[:30], Xp[30:], y[30:], ridge="auto")
+        fit_linear(Xp[:30], y[:30], Xp[30:], y[30:], ridge=1e-3)
+        assert np.array_equal(Xp, X[:, :p])
+
+
+def test_running_statistics_and_gram_accumulation_over_column_groups():
+    from deepfeat.probe.standardisation import GramAccumulator, RunningStats, gram_block
+
+    rng = np.random.default_rng(31)
+    X = np.column_stack([rng.normal(1e4, 0.5, 300), np.full(300, 7.0), rng.normal(-3, 2, 300)]).astype(np.float32)
+    acc = RunningStats(3, "feat")
+    for a, b in ((0, 7), (7, 150), (150, 151), (151, 300)):  # uneven blocks, one of one row
+        acc.add(torch.from_numpy(X[a:b]))
+    mean, std = acc.result()
+    _, _, m_ref, s_ref = standardise(X, X[:2], return_stats=True)
+    np.testing.assert_allclose(mean.numpy(), m_ref, rtol=1e-14)
+    np.testing.assert_allclose(std.numpy(), s_ref, rtol=1e-9)  # the large-mean column: no cancellation
+    assert std[1] == 1.0  # constant column
+    bad = X.copy()
+    bad[5, 2] = np.inf
+    with pytest.raises(ValueError, match=r"my layer: 1 non-finite value\(s\) in the training split \(columns 2..2\)"):
+        RunningStats(3, "my layer").add(bad)
+    Z = rng.normal(size=(90, 700)).astype(np.float32)
+    w = gram_block(90)
+    for dtype in (torch.float64, torch.float32):
+        K = GramAccumulator(90, dtype)
+        for a in range(0, 700, w):  # column groups aligned on the block width: the same sums as one pass
+            K.add(Z[:, a : a + w])
+        assert torch.equal(K.result(), gram_matrix(Z, dtype))
+    K = GramAccumulator(90)
+    for a in range(0, 700, 97):
+        K.add(torch.from_numpy(Z[:, a : a + 97]))
+    np.testing.assert_allclose(
+        K.result().numpy(), Z.astype(np.float64) @ Z.T.astype(np.float64), rtol=1e-12, atol=1e-11
+    )
+
+
+def test_streamed_rows_equal_the_standardised_matrix(stage_files):
+    from deepfeat.probe.rows import DatasetSource, ResidentRows, StreamedRows, gram_of, training_stats
+
+    tmp, meta = stage_files
+    split = meta["split"].to_numpy()
+    tr, te = np.flatnonzero(split == 0), np.flatnonzero(split != 0)
+    with h5py.File(tmp / "seed10.h5") as f:
+        X = f["trained/conv1"][:]
+        src = DatasetSource(f["trained/conv1"], "seed10.h5: trained/conv1", "cpu")
+        stats = training_stats(src, tr)
+        rows = StreamedRows(src, tr, stats)
+        rows.step = 5  # several blocks
+        Ztr, Zte = standardise(X[tr], X[te])
+        got = torch.cat([z for _, z in rows.blocks()])
+        np.testing.assert_allclose(got.numpy(), Ztr, rtol=0, atol=1e-6)
+        test = StreamedRows(src, te, stats)
+        np.testing.assert_allclose(torch.cat([z for _, z in test.blocks()]).numpy(), Zte, rtol=0, atol=1e-6)
+        pos = torch.tensor([7, 3, 3, 41, 0])  # any order, repeats
+        np.testing.assert_allclose(rows.take(pos).numpy(), Ztr[pos.numpy()], rtol=0, atol=1e-6)
+        groups = list(rows.column_groups(32))
+        assert [a for a, _ in groups] == [0, 32, 64] and rows.passes == 1 + 3
+        np.testing.assert_allclose(torch.cat([g for _, g in groups], 1).numpy(), Ztr, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(gram_of(rows, width=32).numpy(), gram_of(ResidentRows(torch.from_numpy(Ztr))))
+        np.testing.assert_allclose(rows.mean().numpy(), Ztr.astype(np.float64).mean(0), atol=1e-7)
+
+
+def test_probe_deep_on_demand_equals_the_exported_deep_file(model_stage):
+    """The issue's item 3 on a real network: layers computed from the model file, batch by batch, give exactly
+    the tables of the deep-feature file extract_features exports for it (same rows, same plans)."""
+    tmp, _ = model_stage
+    params = {**FAST, "epochs": 20, "ridge": "auto", "concat_features": ["Time to -70 dB", "Wavelet Combined"]}
+    log, lines = list_logger("test_probe.on_demand")
+    on = run_deep(tmp, params, log, deep=None, model=tmp / "seed10.pt", deep_settings={"batch_size": 7})
+    stored = run_deep(tmp, params, deep="seed10.h5", out=tmp / "stored")
+    for a, b in zip(on, stored):
+        pd.testing.assert_frame_equal(a, b)
+    assert set(on[0]["layer"]) == set(LAYERS) and len(on[0]) == 5 * 2 * 2 * 2 + 2 * 2
+    assert sum(x.startswith("pass 1/1: layers ['conv1', 'pool1', 'conv2', 'pool2', 'conv3']") for x in lines) == 1
+    assert sum(" plan resident (rows held), " in x and " MB planned" in x for x in lines) == 5 + 2
+    with pytest.raises(ValueError, match=r"seed10\.h5: holds layers .* deep\.layers asks for \['fc1'\]"):
+        run_deep(tmp, params, deep="seed10.h5", deep_settings={"layers": ["fc1"]}, out=tmp / "bad")
+
+
+@pytest.mark.parametrize("mode", ["gram", "recompute"])
+def test_non_resident_plans_give_the_resident_probes(model_stage, monkeypatch, mode):
+    """Plans (b) and (c) forced on every feature (layers, concatenations, hand-crafted features): the same tables
+    as holding the rows (accuracies and confusions identical, RMSE to float32 rounding), with nothing held."""
+    from deepfeat.probe import plan as plan_module
+
+    tmp, _ = model_stage
+    params = {**FAST, "epochs": 8, "seeds": [0], "ridge": "auto", "concat_features": ["Mean Wavelet (25)"]}
+    dp = {"layers": ["pool1", "conv3"]}  # one wide (900, dual forms) and one narrow (30, primal/covariance)
+    held = run_deep(tmp, params, deep="seed10.h5", out=tmp / f"held_{mode}", deep_settings=dp)
+    held_hc = run_handcrafted(tmp, params, out=tmp / f"held_hc_{mode}")
+    monkeypatch.setattr(plan_module, "FORCE", mode)
+    log, lines = list_logger(f"test_probe.{mode}")
+    streamed = run_deep(tmp, params, log, deep=None, model=tmp / "seed10.pt", out=tmp / f"on_{mode}", deep_settings=dp)
+    streamed_hc = run_handcrafted(tmp, params, log, out=tmp / f"on_hc_{mode}")
+    assert not any(x.startswith("pass ") for x in lines)  # no layer was held
+    assert sum(f": plan {mode} (" in x for x in lines) == 2 * 2 + 1 + len(HC)
+    assert sum("computed on demand in" in x for x in lines) == 2 * 2 + 1 + len(HC)
+    for a, b in ((held, streamed), (held_hc, streamed_hc)):
+        acc = a[0]["metric"] == "accuracy"
+        pd.testing.assert_frame_equal(a[0].drop(columns="value"), b[0].drop(columns="value"))
+        assert np.array_equal(a[0].loc[acc, "value"], b[0].loc[acc, "value"])
+        np.testing.assert_allclose(b[0].loc[~acc, "value"], a[0].loc[~acc, "value"], rtol=1e-5)
+        pd.testing.assert_frame_equal(a[1], b[1])
+    assert held[0].loc[held[0]["metric"] == "accuracy", "value"].max() > 0.9  # they learned something
+
+
+def test_the_memory_budget_chooses_the_plan_and_is_logged(model_stage):
+    """A budget below a layer's rows: that layer is never held (the cheaper of gram and recompute runs, logged
+    with its estimated cost and planned memory), narrow ones still are; the tables do not change."""
+    tmp, _ = model_stage
+    params = {**FAST, "epochs": 5, "seeds": [0], "concat_features": []}
+    full = run_deep(tmp, params, deep="seed10.h5", out=tmp / "full")
+    log, lines = list_logger("test_probe.budget")
+    small = run_deep(tmp, {**params, "memory_mb": 0.5}, log, deep="seed10.h5", out=tmp / "small")
+    conv1 = [x for x in lines if x.startswith("Regular conv1 (trained), width 3600: plan ")]
+    assert len(conv1) == 1 and re.search(
+        r"plan (gram|recompute) .* \d+ MB planned, estimated multiply-adds: ", conv1[0]
+    )
+    assert any(x.startswith("Regular conv3 (trained + untrained), width 30: plan resident") for x in lines)
+    acc = full[0]["metric"] == "accuracy"
+    assert np.array_equal(full[0].loc[acc, "value"], small[0].loc[acc, "value"])
+    np.testing.assert_allclose(small[0].loc[~acc, "value"], full[0].loc[~acc, "value"], rtol=1e-5)
+
+
+def test_plans_by_estimated_cost_and_regression_routes():
+    from deepfeat.probe.plan import Work, plan, regression_route
+    from deepfeat.probe.standardisation import gram_block
+
+    keys = ["memory_mb", "ridge", "dual_max_clips", "covariance_max_width", "epochs", "batch_size"]
+    hp = config.settings("probe", {"memory_mb": 400}, keys)
+    wide = Work(n=4000, t=1700, d=71680, classes=[8], targets=0, seeds=1, cost=2e7)  # a 1dF conv2 layer
+    many, few = plan(wide, {**hp, "epochs": 100}), plan(wide, {**hp, "epochs": 1})
+    assert (many.mode, many.logistic, few.mode, few.logistic) == ("gram", "dual", "recompute", "primal")
+    assert many.width % gram_block(4000) == 0 and many.width < wide.d and many.memory <= 400 * 2**20
+    narrow, hp50 = Work(1000, 400, 128, [8], 2, 3, 128.0), {**hp, "memory_mb": 50}
+    assert plan(narrow, hp50).mode == "resident" and plan(narrow, hp50, F=8).F == 8
+    assert plan(narrow, hp50, F=80) is None  # 80 at once (57 MB of rows) do not fit: planned one by one
+    # regression: never the n x n eigendecomposition when the feature is narrower (the issue's 25 s probe)
+    assert regression_route(4365, 128, "auto", hp) == ("covariance", None)
+    assert regression_route(4365, 15376, "auto", hp) == ("gram", None)
+    assert regression_route(22400, 15376, "auto", hp) == ("covariance", None)  # exact: linear in clips
+    assert regression_route(35000, 15376, 0, hp) == ("ols", None)  # the method's least squares, exact
+    assert regression_route(22400, 71680, "auto", hp) == ("gram", 8192)  # the Gram form beyond dual_max_clips
+    assert regression_route(22400, 71680, 0, hp) == ("fixed", 8192)
+    assert regression_route(35000, 23040, "auto", hp) == ("gram", 8192)  # wider than covariance_max_width
+    assert regression_route(35000, 23040, "auto", {**hp, "covariance_max_width": 30000}) == ("covariance", None)
+
+
+def test_regression_beyond_the_caps_is_fitted_on_a_seeded_subset(stage_files):
+    tmp, meta = stage_files
+    params = {**FAST, "seeds": [4], "ridge": "auto", "dual_max_clips": 20, "concat_features": []}
+    params["covariance_max_width"] = 39  # pool1 (40 wide < 42 clips) beyond it; conv3 (6) within
+    log, lines = list_logger("test_probe.subset")
+    scores, _ = run_deep(tmp, params, log)
+    sub = [x for x in lines if "task pitch" in x and "seeded subset" in x]
+    assert len(sub) == 2 * 2  # conv1 (70 wide >= 42 clips > dual_max_clips 20), pool1 (40 > covariance_max_width)
+    assert all("20 training clips (a seeded subset of the 42" in x for x in sub)
+    split = meta["split"].to_numpy()
+    with h5py.File(tmp / "seed10.h5") as f:
+        Ztr, Zte = standardise(f["trained/pool1"][:][split == 0], f["trained/pool1"][:][split == 1])
+    pos = seeded_subset(42, 20, 4, 1)  # the first probe seed, the subsets' stream
+    y = meta["pitch"].to_numpy()
+    ref = fit_linear(Ztr[pos], y[split == 0][pos], Zte, y[split == 1], ridge="auto", form="dual")
+    s = scores.set_index(["feature", "trained", "probe_task", "split"])["value"]
+    assert s[("Regular pool1", "trained", "pitch", "test")] == pytest.approx(ref["test_rmse"], rel=1e-9)
+    assert s[("Regular pool1", "trained", "pitch", "train")] == pytest.approx(ref["train_rmse"], rel=1e-9)
+    assert not any("seeded subset" in x for x in lines if "conv3" in x)
+
+
+def test_deep_probes_use_one_probe_seed_for_every_network_seed(stage_files):
+    """Issue 16: one probe initialisation per architecture: models of seeds 10 and 11 with the same features
+    get the same probe seed (the first of probe.seeds), hence identical probes."""
+    tmp, meta = stage_files
+    write_deep(tmp / "seed11.h5", meta)  # the same rows as seed10.h5 ...
+    with h5py.File(tmp / "seed11.h5", "a") as f:
+        f.attrs["seed"] = 11  # ... for another network seed
+    params = {**FAST, "epochs": 3, "seeds": [5, 6], "concat_features": ["Random"]}
+    a, ca = run_deep(tmp, params)
+    b, cb = run_deep(tmp, params, deep="seed11.h5", out=tmp / "s11")
+    assert set(a["seed"]) == {10} and set(b["seed"]) == {11}
+    assert (
+        set(a.loc[a["metric"] == "accuracy", "probe_seed"])
+        == set(b.loc[b["metric"] == "accuracy", "probe_seed"])
+        == {5}
+    )
+    pd.testing.assert_frame_equal(a.drop(columns="seed"), b.drop(columns="seed"))
+    pd.testing.assert_frame_equal(ca.drop(columns="seed"), cb.drop(columns="seed"))

@@ -18,6 +18,7 @@ from deepfeat import config, workflow
 from deepfeat.config import ConfigError
 from deepfeat.data import render as R
 from deepfeat.data.ingest import ingest_dataset
+from deepfeat.formats.clips import clip_audio
 from deepfeat.formats.cliptable import read_clip_table
 from deepfeat.formats.files import open_h5
 
@@ -276,8 +277,9 @@ def test_ingest_reads_rendered_notes_like_nsynth_and_every_family_is_in_both_spl
     assert summary["n_clips"] == len(ex) and summary["sample_rate"] == 16000 and not summary["skipped"]
     with open_h5(tmp_path / "clips.h5", "clips") as f:
         df, tasks, main = read_clip_table(f)
-        audio = f["audio"][:]
-    assert main == "family" and audio.shape == (len(ex), 64000)
+        audio = clip_audio(f)[:]
+        assert f["audio"].dtype == np.int16  # the renders are mono 16-bit PCM at the rate: stored losslessly
+    assert main == "family" and audio.shape == (len(ex), 64000) and summary["storage"] == "int16"
     for i, r in df.iterrows():
         e = ex[r["clip_id"]]
         assert (r["family"], r["pitch"], r["velocity"]) == (e["instrument_family_str"], e["pitch"], e["velocity"])

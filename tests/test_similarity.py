@@ -234,6 +234,31 @@ def test_moments_streamed_equals_one_shot():
     np.testing.assert_allclose(mom.mean("x").numpy(), X.mean(0), rtol=1e-13)
     with pytest.raises(ValueError, match="no cross-product"):
         mom.cross_cov("y", "z")
+    # centred in place: the same values, no second copy; the debiased sums must be read before
+    before = {k: mom.cross_cov(*k).clone() for k in (("x", "y"), ("z", "x"))}
+    mom.centre_cross()
+    for k, v in before.items():
+        assert torch.equal(mom.cross_cov(*k), v)
+    with pytest.raises(ValueError, match="before centre_cross"):
+        mom.ab("x", "y")
+    with pytest.raises(ValueError, match="centred"):
+        mom.update({"x": X[:2], "h": np.hstack([Y, H])[:2]})
+    mom.release("y")
+    with pytest.raises(KeyError):
+        mom.cov("y")
+
+
+def test_block_forms_follow_the_cap_the_clips_and_the_budget():
+    """Feature form: at most max_features columns, fewer than n, and its p x p float64 self-covariance (24 bytes
+    per entry at its peak) within memory_mb; every other block in Gram form."""
+    from deepfeat.similarity.feature_form import SELF_BYTES, block_forms
+
+    cfg = {"max_features": 100, "memory_mb": SELF_BYTES * 50 * 50 / 1e6}
+    got = block_forms({"a": 10, "b": 50, "c": 51, "d": 101, "e": 60}, 55, cfg)
+    assert got == {"a": "feature", "b": "feature", "c": "gram", "d": "gram", "e": "gram"}
+    assert block_forms({"c": 51}, 55, {**cfg, "memory_mb": 1})["c"] == "feature"
+    assert block_forms({"c": 51}, 52, {**cfg, "memory_mb": 1})["c"] == "feature"
+    assert block_forms({"c": 51}, 51, {**cfg, "memory_mb": 1})["c"] == "gram"
 
 
 def test_bootstrap_influence_matches_finite_reweighting():
@@ -310,17 +335,21 @@ HC = {
 LAYERS = {"conv1": 48, "pool1": 12, "conv3": 5}  # conv1 and the DWT feature are wider than n_train -> Gram form
 
 
+SHAPES = {"conv1": [6, 8], "pool1": [3, 4], "conv3": [5, 1, 1]}  # conv1, pool1 averaged over channels
+DEEP = {"layers": list(LAYERS)}  # the deep settings of the fake deep-feature files
+
+
 def write_deep(path, n, arch="Regular", seed=1, task="family", shift=0.0):
     rng = np.random.default_rng(seed + int(shift * 10))
     out = {}
     with write_h5(path, "deep") as f:
-        f.attrs.update(arch=arch, seed=seed, task=task, layers=json.dumps(list(LAYERS)))
+        f.attrs.update(arch=arch, seed=seed, task=task, layers=json.dumps(list(LAYERS)), point="raw")
         for s, state in enumerate(("trained", "untrained")):
             g = f.create_group(state)
             base = rng.normal(size=(n, 3))
             for a, d in LAYERS.items():
                 x = base @ rng.normal(size=(3, d)) + (0.5 + s) * rng.normal(size=(n, d)) + shift
-                g.create_dataset(a, data=x.astype(np.float32))
+                g.create_dataset(a, data=x.astype(np.float32)).attrs["shape"] = json.dumps(SHAPES[a])
                 out[state, a] = x.astype(np.float32)
     return out
 
@@ -364,13 +393,14 @@ def files(tmp_path):
 
 
 def run_deep(tmp, params, log=None, deep="deep.h5", moments=None, table="deep.csv"):
-    """The similarity_deep job on the fixture's files (``params``: the similarity settings)."""
+    """The similarity_deep job on the fixture's exported deep features (``params``: the similarity settings)."""
     return sim.similarity_deep(
+        model=None,
         deep=tmp / deep,
         features=tmp / "handcrafted.h5",
         mel=tmp / "mel.h5",
         table=tmp / table,
-        settings={"similarity": params},
+        settings={"similarity": params, "deep": DEEP},
         dataset="toy",
         moments=moments,
         log=log,
@@ -468,8 +498,10 @@ def test_similarity_cross_table(files):
             p = tmp / f"{arch}{seed}.h5"
             write_deep(p, 60, arch=arch, seed=seed, shift=0.3 if arch == "Dilated" else 0.0)
             paths.append(p)
-    settings = {"similarity": {"device": "cpu", "bootstrap": 10, "measures": ["cka", "r2_svcca"]}}
-    df = sim.similarity_cross(deep=paths, mel=tmp / "mel.h5", table=tmp / "cross.csv", settings=settings, dataset="toy")
+    settings = {"similarity": {"device": "cpu", "bootstrap": 10, "measures": ["cka", "r2_svcca"]}, "deep": DEEP}
+    df = sim.similarity_cross(
+        models=[], deep=paths, mel=tmp / "mel.h5", table=tmp / "cross.csv", settings=settings, dataset="toy"
+    )
     _check_table(df)
     n_l = len(LAYERS)
     assert df.groupby("comparison").size().to_dict() == {
@@ -484,10 +516,22 @@ def test_similarity_cross_table(files):
     assert df["value"].between(0, 1).all()
 
 
+def fake_network(monkeypatch, tmp, net, acts) -> tuple[float, float]:
+    """Make every model file load as ``net`` (``acts(net, x, layers, point)``: its activations), trained on the
+    fixture's mel.h5; returns that file's (train_mean, train_std)."""
+    from deepfeat.nets import features
+
+    with open_h5(tmp / "mel.h5", "mel") as f:
+        mean, std = float(f.attrs["train_mean"]), float(f.attrs["train_std"])
+        shape = [1, *f["mel"].shape[1:]]
+    meta = {"arch": "Regular", "seed": 4, "task": "family", "train_mean": mean, "train_std": std, "input_shape": shape}
+    monkeypatch.setattr(features, "load_model", lambda path, which="trained", device=None: (net, meta))
+    monkeypatch.setattr(features, "layer_activations", acts)
+    return mean, std
+
+
 def test_similarity_channels_table(files, monkeypatch):
     tmp, train, _, _ = files
-    from deepfeat.nets import activations, models
-
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 3, 3)
     pool = torch.nn.MaxPool2d(2)
@@ -497,15 +541,12 @@ def test_similarity_channels_table(files, monkeypatch):
             super().__init__()
             self.conv, self.pool = conv, pool
 
-    def fake_load(path, which="trained", device=None):
-        return Net(), {"arch": "Regular", "seed": 4, "task": "family", "train_mean": -40.0, "train_std": 8.0}
-
     def fake_acts(model, x, layers, point="raw"):
-        c = model.conv(x)
-        return {"conv1": c, "pool1": model.pool(c)}
+        with torch.no_grad():
+            c = model.conv(x)
+            return {"conv1": c, "pool1": model.pool(c)}
 
-    monkeypatch.setattr(models, "load_model", fake_load)
-    monkeypatch.setattr(activations, "layer_activations", fake_acts)
+    mean, std = fake_network(monkeypatch, tmp, Net(), fake_acts)
     df = run_channels(tmp, {"device": "cpu", "bootstrap": 20, "memory_mb": 1}, get_logger(None, "test_sim"))
     _check_table(df)
     assert set(df["comparison"]) == {"channel_vs_channel"} and set(df["dataset"]) == {tmp.name}
@@ -515,7 +556,7 @@ def test_similarity_channels_table(files, monkeypatch):
     with open_h5(tmp / "mel.h5", "mel") as f:
         mel = f["mel"][:][train]
     with torch.no_grad():
-        acts = fake_acts(Net(), (torch.as_tensor(mel)[:, None] + 40.0) / 8.0, ["conv1"])["conv1"]
+        acts = fake_acts(Net(), (torch.as_tensor(mel)[:, None] - mean) / std, ["conv1"])["conv1"]
     C = sim.channel_cka(acts.double())
     row = df[(df["layer_a"] == "conv1/ch0") & (df["layer_b"] == "conv1/ch2") & (df["measure"] == "cka")].iloc[0]
     assert row["value"] == pytest.approx(C[0, 2], abs=1e-9)
@@ -643,8 +684,6 @@ def test_fast_singular_values():
 def test_similarity_channels_subset(files, monkeypatch):
     """channel_max_clips < n_train: a seeded subset, n says so; in-memory and streamed (tiny budget) agree."""
     tmp, train, _, _ = files
-    from deepfeat.nets import activations, models
-
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(1, 4, 3)
 
@@ -653,22 +692,11 @@ def test_similarity_channels_subset(files, monkeypatch):
             super().__init__()
             self.conv = conv
 
-    monkeypatch.setattr(
-        models,
-        "load_model",
-        lambda path, which="trained", device=None: (
-            Net(),
-            {"arch": "Regular", "seed": 4, "task": "family", "train_mean": -40.0, "train_std": 8.0},
-        ),
-    )
-    monkeypatch.setattr(
-        activations,
-        "layer_activations",
-        lambda model, x, layers, point="raw": {
-            "conv1": model.conv(x),
-            "pool1": torch.nn.functional.max_pool2d(model.conv(x), 2),
-        },
-    )
+    def fake_acts(model, x, layers, point="raw"):
+        with torch.no_grad():
+            return {"conv1": model.conv(x), "pool1": torch.nn.functional.max_pool2d(model.conv(x), 2)}
+
+    mean, std = fake_network(monkeypatch, tmp, Net(), fake_acts)
     base = {"device": "cpu", "bootstrap": 20, "channel_max_clips": 25, "seed": 3}
     lines = _Lines()
     df = run_channels(tmp, base, lines, model="m.pt")
@@ -682,7 +710,7 @@ def test_similarity_channels_subset(files, monkeypatch):
     with open_h5(tmp / "mel.h5", "mel") as f:
         mel = f["mel"][:][rows]
     with torch.no_grad():
-        C = sim.channel_cka(conv((torch.as_tensor(mel)[:, None] + 40.0) / 8.0).double())
+        C = sim.channel_cka(conv((torch.as_tensor(mel)[:, None] - mean) / std).double())
     got = df[(df["layer_a"] == "conv1/ch1") & (df["layer_b"] == "conv1/ch3") & (df["measure"] == "cka")]
     assert got["value"].iloc[0] == pytest.approx(C[1, 3], abs=1e-9)
     other = run_channels(tmp, {**base, "seed": 4}, model="m.pt")
@@ -698,8 +726,9 @@ def test_job_declarations():
     tuning = {"similarity": ("device", "chunk_size", "memory_mb")}
     assert sim.handcrafted_moments.job.reads == {"similarity": sim.MOMENT_SETTINGS}
     assert sim.handcrafted_moments.job.tunes == tuning
-    for fn in (sim.similarity_deep, sim.similarity_cross):
-        assert fn.job.reads == {"similarity": result} and fn.job.tunes == tuning
+    for fn in (sim.similarity_deep, sim.similarity_cross):  # the deep layers are computed from the model file
+        assert fn.job.reads == {"similarity": result, "deep": ("layers", "point", "average_channels")}
+        assert fn.job.tunes == {**tuning, "deep": ("batch_size",)}
     assert sim.similarity_channels.job.reads == {
         "similarity": ("measures", "channel_max_clips", "bootstrap", "seed"),
         "deep": ("point",),
@@ -758,10 +787,11 @@ def test_jobs_write_what_they_return(files):
         (run_deep(tmp, params, moments=path), "deep.csv"),
         (
             sim.similarity_cross(
+                models=[],
                 deep=[tmp / "deep.h5"],
                 mel=tmp / "mel.h5",
                 table=tmp / "cross.csv",
-                settings={"similarity": params},
+                settings={"similarity": params, "deep": DEEP},
                 dataset="toy",
             ),
             "cross.csv",
@@ -778,3 +808,119 @@ def test_arch_order_is_the_networks_order():
     from deepfeat.similarity.comparisons import ARCH_ORDER
 
     assert ARCH_ORDER == tuple(ARCHS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Deep features computed from the model file equal the exported ones (issue 15, item 3)
+# ---------------------------------------------------------------------------------------------------------
+ON_DEMAND = {"layers": ["conv1", "pool1", "conv2", "pool2", "conv3"], "average_channels": ["conv1", "pool1", "pool2"]}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """mel.h5 (60 clips of 64 x 64, 42 training clips), handcrafted.h5 and three model files (Regular seeds 1, 2;
+    1dF seed 1: random initial and 'trained' weights) with their exported deep-feature files. At this size conv3
+    (30 columns) and pool2 (averaged, 25) are in feature form, the other layers in Gram form."""
+    from deepfeat.formats.models import save_model
+    from deepfeat.nets import extract_features
+    from deepfeat.nets.models import build_model, cpu_state
+
+    d = tmp_path_factory.mktemp("on_demand")
+    write_fake_mel(d / "mel.h5", n=60, n_mels=64, n_frames=64)
+    write_hc(d / "handcrafted.h5", 60)
+    with open_h5(d / "mel.h5", "mel") as f:
+        stats = {k: float(f.attrs[k]) for k in ("train_mean", "train_std")}
+    out = {}
+    for arch, seed in (("Regular", 1), ("Regular", 2), ("1dF", 1)):
+        torch.manual_seed(seed)
+        init, final = (cpu_state(build_model(arch, 64, 64, 3)) for _ in range(2))
+        meta = {"arch": arch, "seed": seed, "task": "family", "input_shape": [1, 64, 64], "n_outputs": 3, **stats}
+        model = d / f"{arch}{seed}.pt"
+        save_model(model, meta, init, final)
+        deep = d / f"{arch}{seed}.h5"
+        export = {"store": ON_DEMAND["layers"], "average_channels": ON_DEMAND["average_channels"], "batch_size": 16}
+        extract_features(model=model, mel=d / "mel.h5", deep=deep, settings={"deep": export})
+        out[arch, seed] = (model, deep)
+    return d, out
+
+
+def _bytes_equal(a, b):
+    assert a.read_bytes() == b.read_bytes(), (a, b)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # every Gram at once (Gram space), one feature-form pass
+        {"memory_mb": 0.5, "chunk_size": 7},  # Gram form block by block, several passes, chunks cut by the budget
+        {"gram_max_clips": 20, "measures": ["cka", "cka_debiased", "r2_svcca"]},  # seeded Gram subset
+    ],
+)
+def test_on_demand_features_equal_the_exported_ones(models, params, tmp_path):
+    """Every similarity job computed from the model files (on demand) equals, bit for bit, the same job on the
+    deep-feature files that extract_features exported for those models; nothing else is written."""
+    d, files = models
+    settings = {"similarity": {"device": "cpu", "bootstrap": 8, "seed": 2, **params}, "deep": ON_DEMAND}
+    common = dict(mel=d / "mel.h5", settings=settings, dataset="toy")
+    lines = _Lines()
+    model, deep = files["Regular", 1]
+    for tag, kw in (("model", dict(model=model)), ("deep", dict(model=None, deep=deep))):
+        sim.similarity_deep(features=d / "handcrafted.h5", table=tmp_path / f"{tag}.csv", log=lines, **common, **kw)
+    _bytes_equal(tmp_path / "model.csv", tmp_path / "deep.csv")
+    df = read_similarity(tmp_path / "model.csv")
+    assert set(df["method"]) == {"feature", "gram"} and len(df) == len(df.drop_duplicates())
+    assert any("computed from" in s for s in lines) and any("read from" in s for s in lines)
+    if "memory_mb" in params:
+        assert any("block by block" in s for s in lines if s.startswith("Gram form"))
+    cross = [files[k] for k in files if "memory_mb" not in params or k[0] == "Regular"]  # the tiny budget: 2 models
+    sim.similarity_cross(models=[m for m, _ in cross], table=tmp_path / "xm.csv", **common)
+    sim.similarity_cross(models=[], deep=[f for _, f in cross], table=tmp_path / "xd.csv", **common)
+    _bytes_equal(tmp_path / "xm.csv", tmp_path / "xd.csv")
+    x = read_similarity(tmp_path / "xm.csv")
+    want = {"seed_vs_seed"} if len(cross) == 2 else {"seed_vs_seed", "arch_vs_arch"}
+    assert set(x["comparison"]) == want and x["value"].notna().any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.csv", "model.csv", "xd.csv", "xm.csv"]
+
+
+def test_on_demand_rows_are_only_those_needed(models, monkeypatch):
+    """The streamed passes compute chunks of at most the window share of memory_mb; the Gram form computes only the
+    seeded subset's rows; the features of a chunk are computed once for all its views."""
+    from deepfeat.nets.features import ModelFeatures
+    from deepfeat.similarity.reader import WINDOW_SHARE
+
+    d, files = models
+    asked = []
+    real = ModelFeatures.batches
+
+    def spy(self, state, idx, layers=None):
+        asked.append((state, np.asarray(idx).copy(), tuple(layers or ())))
+        return real(self, state, idx, layers)
+
+    monkeypatch.setattr(ModelFeatures, "batches", spy)
+    mb = 0.2
+    settings = {"similarity": {"device": "cpu", "bootstrap": 0, "gram_max_clips": 20, "memory_mb": mb, "seed": 1}}
+    settings["deep"] = ON_DEMAND
+    lines = _Lines()
+    sim.similarity_deep(
+        model=files["Regular", 1][0],
+        features=d / "handcrafted.h5",
+        mel=d / "mel.h5",
+        table=d / "spy.csv",
+        settings=settings,
+        dataset="toy",
+        log=lines,
+    )
+    with open_h5(d / "mel.h5", "mel") as f:
+        from deepfeat.formats.cliptable import read_clip_table
+
+        train = read_clip_table(f)[0]["split"].to_numpy() == 0
+    rows = np.flatnonzero(train)
+    sub = np.sort(rows[seeded_subset(len(rows), 20, 1, GRAM_STREAM)])
+    width = 3600 + 900 + 2420 + 25 + 30  # one weight state, every layer
+    subset = [a for a in asked if len(a[1]) == 20]
+    chunks = [a for a in asked if len(a[1]) != 20]
+    assert subset and all(np.array_equal(a[1], sub) for a in subset)
+    assert chunks and all(np.isin(a[1], rows).all() for a in chunks)
+    assert max(len(a[1]) for a in chunks) <= WINDOW_SHARE * mb * 1e6 / (4 * width)
+    # each pass over the training clips computes every training clip once per weight state it reads
+    assert sum(len(a[1]) for a in chunks) % len(rows) == 0

@@ -40,6 +40,7 @@ META_KEYS = {
     "n_params",
     "device",
     "seconds",
+    "deformable",
 }
 
 
@@ -223,15 +224,58 @@ def test_bad_inputs(mel, tmp_path):
         _run(mel, tmp_path, epochs=0)
 
 
+@pytest.mark.parametrize("deformable", ["torchvision", "reference"])
+def test_the_deformable_semantics_is_recorded_and_rebuilt(mel, tmp_path, deformable):
+    """models.deformable picks the conv3 of the Deformable network; the model file records it, so load_model
+    rebuilds the same layer (the test split's loss is reproduced) and the untrained weights are the seed's."""
+    from deepfeat.nets.deform import DeformConv2d, ReferenceDeformConv2d
+
+    out, hist = _run(mel, tmp_path, arch="Deformable", epochs=1, deformable=deformable)
+    trained, meta = load_model(out, "trained")
+    untrained, _ = load_model(out, "untrained")
+    assert meta["deformable"] == deformable
+    layer = {"torchvision": DeformConv2d, "reference": ReferenceDeformConv2d}[deformable]
+    assert type(trained.conv3) is layer and type(untrained.conv3) is layer
+    loss, _ = _direct(mel, trained, meta, "family")
+    assert hist["test_loss"].iloc[-1] == pytest.approx(loss, rel=1e-5)
+    torch.manual_seed(1)
+    fresh = build_model("Deformable", 64, 64, 3, deformable)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in untrained.state_dict().items())
+    assert "deformable conv3" in (tmp_path / "m.log").read_text()
+
+
 def test_unknown_settings_are_rejected_and_defaults_come_from_the_schema(mel, tmp_path):
     with pytest.raises(ConfigError, match="models.epoch: unknown key"):
         _run(mel, tmp_path, epoch=3)  # a misspelt key was silently ignored before
     with pytest.raises(ConfigError, match="models.lr"):
         _run(mel, tmp_path, lr=-1.0)
     assert train_model is T.train_model and train_model.job.reads == {
-        "models": ("epochs", "batch_size", "lr", "momentum")
+        "models": ("epochs", "batch_size", "lr", "momentum", "deformable")
     }
-    assert train_model.job.tunes == {"models": ("device", "checkpoint_every")}
+    assert train_model.job.tunes == {"models": ("device", "checkpoint_every", "memory_mb")}
+
+
+@pytest.mark.parametrize("arch", ["Regular", "FeedForward"])
+def test_inputs_beyond_the_memory_budget_are_streamed_with_the_same_training(mel, tmp_path, arch):
+    """models.memory_mb bounds the inputs held: beyond it every batch is read from mel.h5, with the same values,
+    so the same weights and history (the budget is a tune, never a result)."""
+    a, ha = _run(mel, tmp_path, name="resident", arch=arch, seed=3)
+    b, hb = _run(mel, tmp_path, name="streamed", arch=arch, seed=3, memory_mb=0.1)  # 40 x 64 x 64 x 4 B = 0.66 MB
+    assert "read from mel.h5 batch by batch" in (tmp_path / "streamed.log").read_text()
+    assert "batch by batch" not in (tmp_path / "resident.log").read_text()
+    sa, sb = (torch.load(p, weights_only=True)["final_state"] for p in (a, b))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    pd.testing.assert_frame_equal(ha.drop(columns="clips_per_s"), hb.drop(columns="clips_per_s"))
+
+
+def test_streamed_inputs_select_rows_in_the_batch_order(mel):
+    with open_h5(mel, "mel") as f:
+        xs, _ = T.load_inputs(f, torch.device("cpu"))
+        ss, _ = T.load_inputs(f, torch.device("cpu"), memory_mb=0.1)
+        idx = torch.tensor([5, 0, 17, 3])
+        assert isinstance(ss["train"], T.StreamedInputs) and len(ss["train"]) == len(xs["train"])
+        assert torch.equal(ss["train"].index_select(0, idx), xs["train"].index_select(0, idx))
+        assert torch.equal(ss["test"][2:7], xs["test"][2:7])
 
 
 def test_inputs_are_standardised_by_the_one_input_standardisation(mel):

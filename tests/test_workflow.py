@@ -148,6 +148,8 @@ def test_rule_settings_pass_exactly_the_declared_keys():
     assert "channel_max_clips" not in wf.rule_settings(cfg, "similarity_deep", "notes")["similarity"]
     tuning = json.loads(wf.rule_tuning(cfg, "similarity_deep", "notes"))
     assert set(tuning["similarity"]) == {"device", "chunk_size", "memory_mb"}
+    deform = {a: wf.rule_settings(cfg, "train", "notes", a)["models"] for a in ("Deformable", "Regular")}
+    assert "deformable" in deform["Deformable"] and "deformable" not in deform["Regular"]
     ingest = wf.rule_settings(cfg, "ingest", "composers")
     assert ingest["dataset"]["sample_rate"] == 22050 and "render" not in ingest["dataset"]
 

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from deepfeat.runtime import UserError
+
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 DATASET = "dataset"  # the pseudo-section of one ``datasets.<name>`` entry
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is unknown, of the wrong type or out of range; the message names the key."""
 
 

@@ -210,13 +210,22 @@ def code_hash(rule: str) -> str:
 @cache
 def job_spec(rule: str) -> dict:
     """{"reads": {section: [keys]}, "tunes": {...}} of the job of ``rule``, read from its ``@job(...)`` decorator
-    in the source (the decorator's arguments must be literals)."""
+    in the source, or from ``@NAME`` where the module binds ``NAME = job(...)`` (the arguments must be literals)."""
     module, func = _entry(rule)
     path = module_file(module)
-    for node in _tree(path).body:
+    body = _tree(path).body
+    bound = {
+        t.id: node.value
+        for node in body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    for node in body:
         if isinstance(node, ast.FunctionDef) and node.name == func:
             for dec in node.decorator_list:
-                call = dec if isinstance(dec, ast.Call) else None
+                call = bound.get(dec.id) if isinstance(dec, ast.Name) else dec
+                call = call if isinstance(call, ast.Call) else None
                 name = getattr(call.func, "id", getattr(call.func, "attr", "")) if call else ""
                 if name == "job":
                     spec = {"reads": {}, "tunes": {}}
@@ -239,9 +248,19 @@ def _section_values(config: dict, section: str, keys, dataset: str | None) -> di
     return {k: src[k] for k in keys if k in src}
 
 
-def rule_settings(config: dict, rule: str, dataset: str | None = None) -> dict:
-    """The settings that change the results of ``rule``'s job ({section: {key: value}}), from a validated config."""
-    return {s: _section_values(config, s, ks, dataset) for s, ks in job_spec(rule)["reads"].items()}
+#: settings that change the results of one architecture only: (section, key) -> the architectures they concern;
+#: a rule with an ``arch`` wildcard passes them only to those jobs (the others do not rerun when they change)
+ARCH_SETTINGS = {("models", "deformable"): ("Deformable",)}
+
+
+def rule_settings(config: dict, rule: str, dataset: str | None = None, arch: str | None = None) -> dict:
+    """The settings that change the results of ``rule``'s job ({section: {key: value}}), from a validated config
+    (for the network ``arch`` when the rule has one: see :data:`ARCH_SETTINGS`)."""
+    out = {s: _section_values(config, s, ks, dataset) for s, ks in job_spec(rule)["reads"].items()}
+    for (s, k), archs in ARCH_SETTINGS.items():
+        if arch is not None and arch not in archs and k in out.get(s, {}):
+            del out[s][k]
+    return out
 
 
 def rule_tuning(config: dict, rule: str, dataset: str | None = None) -> str:

@@ -7,8 +7,10 @@ is down-mixed by averaging the channels (as ``librosa.to_mono``); a rate change 
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,63 @@ class AudioError(RuntimeError):
     """A file is missing, unreadable, corrupt or empty. The message always names the file."""
 
 
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: native ``sample_rate`` (Hz), ``channels``, ``frames`` (samples per channel)
+    and libsndfile's ``subtype`` (e.g. ``PCM_16``, ``FLOAT``)."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    subtype: str
+
+    def samples_at(self, sr: int) -> int:
+        """Mono samples :func:`load_audio` returns at ``sr`` Hz: the frames, or ceil(frames x sr / native) after
+        resampling (librosa.resample's output length)."""
+        if int(sr) == self.sample_rate:
+            return self.frames
+        return int(math.ceil(self.frames * float(sr) / self.sample_rate))
+
+    def exact_pcm16(self, sr: int) -> bool:
+        """True when the samples read at ``sr`` are exactly 16-bit PCM values / 32768: a mono 16-bit PCM file at
+        ``sr`` (no resampling, no channel mixing)."""
+        return self.subtype == "PCM_16" and self.channels == 1 and self.sample_rate == int(sr)
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"{path}: audio file not found")
+    if not path.is_file():
+        raise AudioError(f"{path}: not a regular file")
+
+
+def probe_audio(path: str | os.PathLike) -> AudioInfo:
+    """The header of an audio file, without decoding it (cheap: one header read).
+
+    Raises :class:`AudioError` naming the file, with the messages of :func:`read_audio`, when the file is missing,
+    its header is unreadable, a WAV is truncated (its header declares more data than the file holds) or it has
+    no samples. Problems only decoding finds (corrupt data behind a valid header, NaN samples) are left to
+    :func:`read_audio`.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # LibsndfileError, RuntimeError, TypeError for garbage headers ...
+        raise AudioError(f"{path}: unreadable or corrupt audio ({type(e).__name__}: {e})") from e
+    truncated = _truncated_wav(info.extra_info)
+    if truncated:
+        raise AudioError(
+            f"{path}: corrupt audio (truncated: the header declares {truncated[0]} data bytes, "
+            f"the file holds {truncated[1]})"
+        )
+    if info.frames <= 0 or info.channels <= 0:
+        raise AudioError(f"{path}: empty audio file (0 samples)")
+    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), str(info.subtype))
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """(float32 mono samples, native sample rate in Hz) of an audio file.
 
@@ -29,10 +88,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: audio file not found")
-    if not path.is_file():
-        raise AudioError(f"{path}: not a regular file")
+    _check_path(path)
     try:
         with sf.SoundFile(str(path)) as f:
             truncated = _truncated_wav(f.extra_info)

@@ -2,8 +2,9 @@
 
 Definition (the reference is librosa 0.11 applied to one clip at a time)::
 
-    S      = |STFT(y)|^2            periodic Hann window of n_fft samples, hop hop_length, center=True with
-                                    zero ("constant") padding of n_fft//2 on both sides -> T = 1 + L // hop
+    S      = |STFT(y)|^2            periodic Hann window of n_fft samples, hop hop_length, center=True: the
+                                    clip padded by n_fft//2 on both sides with ``pad_mode`` ("constant":
+                                    zeros; "reflect": mirrored samples, librosa 0.8's default) -> T = 1 + L // hop
     M      = W @ S                  W = librosa.filters.mel(sr, n_fft, n_mels, fmin=0, fmax, htk=False,
                                     norm="slaney"): slaney mel scale, area-normalised triangles
     D      = 10 log10(max(amin, M)) - 10 log10(max(amin, max(M)))        ref = max *of this clip*
@@ -11,7 +12,7 @@ Definition (the reference is librosa 0.11 applied to one clip at a time)::
 
 so every clip lies in [-top_db, 0] dB, and a silent clip is 0 dB everywhere (finite). This equals
 ``librosa.power_to_db(librosa.feature.melspectrogram(y=clip, sr=sr, n_fft=n_fft, hop_length=hop,
-n_mels=n_mels, fmax=fmax, pad_mode="constant"), ref=np.max, top_db=top_db)`` to ~1e-5 dB; the dB step is done
+n_mels=n_mels, fmax=fmax, pad_mode=pad_mode), ref=np.max, top_db=top_db)`` to ~1e-5 dB; the dB step is done
 per clip by hand because librosa 0.11's ``power_to_db`` on a 3-D batch takes the *global* max as reference.
 
 16 kHz x 4 s gives 128 x 128 frames, 22,050 Hz x 4 s gives 128 x 176.
@@ -26,15 +27,15 @@ from functools import lru_cache
 import numpy as np
 
 from deepfeat import config
-from deepfeat.formats.clips import open_clips
+from deepfeat.formats.clips import clip_audio, open_clips
 from deepfeat.formats.cliptable import TRAIN
 from deepfeat.formats.files import write_h5
 from deepfeat.formats.mel import KIND, create_mel, finish_mel
 from deepfeat.runtime import pick_device
 
 AMIN = 1e-10
+PAD_MODES = ("constant", "reflect")  # the enum of mel.pad_mode: both mean the same in torch.stft and librosa
 WINDOW = "hann"
-PAD_MODE = "constant"
 # bytes of float64/complex128 working memory per STFT bin and frame inside melspectrogram_db (complex STFT 16,
 # power 8, framed signal and FFT scratch); used to cut a large batch into sub-batches of bounded size. On CPU
 # small sub-batches that stay in cache are fastest (measured: 32 MB ~2x faster than 256 MB); a GPU wants big ones.
@@ -59,8 +60,11 @@ def mel_basis(sr: int, n_fft: int, n_mels: int, fmax: float) -> np.ndarray:
     return w
 
 
-def mel_params(sr: int, n_fft: int, hop_length: int, n_mels: int, fmax: float, top_db: float) -> dict:
-    """Every parameter that defines the spectrogram, as stored in the attrs of ``mel.h5``'s ``mel`` dataset."""
+def mel_params(
+    sr: int, n_fft: int, hop_length: int, n_mels: int, fmax: float, top_db: float, pad_mode: str | None = None
+) -> dict:
+    """Every parameter that defines the spectrogram, as stored in the attrs of ``mel.h5``'s ``mel`` dataset
+    (``pad_mode`` None: the schema's default)."""
     return {
         "sr": int(sr),
         "n_fft": int(n_fft),
@@ -71,7 +75,7 @@ def mel_params(sr: int, n_fft: int, hop_length: int, n_mels: int, fmax: float, t
         "fmax": float(fmax),
         "window": WINDOW,
         "center": True,
-        "pad_mode": PAD_MODE,
+        "pad_mode": str(config.default("mel", "pad_mode") if pad_mode is None else pad_mode),
         "htk": False,
         "norm": "slaney",
         "power": 2.0,
@@ -92,19 +96,21 @@ def melspectrogram_db(
     fmax: float | None = None,
     top_db: float | None = None,
     device="cpu",
+    pad_mode: str | None = None,
 ) -> np.ndarray:
     """dB mel-spectrograms of a batch of equal-length clips (see the module docstring for the definition).
 
     ``audio``: (B, L) numpy array or torch tensor of samples (any float dtype; computed in float64); a 1-D
     (L,) array is one clip and gives a 2-D result. ``sr`` in Hz, ``fmax`` in Hz, ``top_db`` in dB; a parameter
     left ``None`` takes the ``mel`` section's schema default. ``device``: a torch device or its name ("cpu",
-    "cuda", "auto"). Returns float32 (B, n_mels, T) dB, T = 1 + L // hop_length, each clip in [-top_db, 0].
+    "cuda", "auto"). ``pad_mode``: "constant" or "reflect" (see the module docstring). Returns float32
+    (B, n_mels, T) dB, T = 1 + L // hop_length, each clip in [-top_db, 0].
     Large batches are processed in sub-batches so that working memory stays bounded (~32 MB on CPU, ~1 GB on
     CUDA).
     """
     import torch
 
-    n_fft, hop_length, n_mels, fmax, top_db = (
+    n_fft, hop_length, n_mels, fmax, top_db, pad_mode = (
         config.default("mel", k) if v is None else v
         for k, v in (
             ("n_fft", n_fft),
@@ -112,8 +118,11 @@ def melspectrogram_db(
             ("n_mels", n_mels),
             ("fmax", fmax),
             ("top_db", top_db),
+            ("pad_mode", pad_mode),
         )
     )
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"mel.pad_mode: {pad_mode!r} is not one of {list(PAD_MODES)}")
     if top_db < 0:
         raise ValueError(f"top_db must be a non-negative number of dB, got {top_db}")
     if fmax > sr / 2 + 1e-9:
@@ -132,6 +141,8 @@ def melspectrogram_db(
         raise ValueError("audio clips are empty (0 samples)")
     if n_fft < 2 or hop_length < 1 or n_mels < 1:
         raise ValueError(f"need n_fft >= 2, hop_length >= 1, n_mels >= 1; got {n_fft}, {hop_length}, {n_mels}")
+    if pad_mode == "reflect" and L <= n_fft // 2:
+        raise ValueError(f"mel.pad_mode 'reflect' needs clips longer than n_fft/2 = {n_fft // 2} samples, got {L}")
     T = n_frames(L, hop_length)
     out = np.empty((B, n_mels, T), dtype=np.float32)
     if B == 0:
@@ -145,7 +156,7 @@ def melspectrogram_db(
     sub = max(1, _WORK_BYTES.get(dev.type, _WORK_BYTES["cpu"]) // (_BYTES_PER_BIN * n_bins * T))
     for s in range(0, B, sub):
         xb = x[s : s + sub].to(device=dev, dtype=torch.float64)
-        db = _db_batch(xb, window, Wt, n_fft, hop_length, n_used, top_db)
+        db = _db_batch(xb, window, Wt, n_fft, hop_length, n_used, top_db, pad_mode)
         if not torch.isfinite(db).all():  # NaN/inf samples propagate to the spectrogram (finite input never does)
             bad = s + int(torch.nonzero(~torch.isfinite(db).flatten(1).all(dim=1))[0, 0])
             raise ValueError(f"audio clip {bad} contains NaN or inf samples")
@@ -153,7 +164,7 @@ def melspectrogram_db(
     return out[0] if squeeze else out
 
 
-def _db_batch(xb, window, Wt, n_fft: int, hop_length: int, n_used: int, top_db: float):
+def _db_batch(xb, window, Wt, n_fft: int, hop_length: int, n_used: int, top_db: float, pad_mode: str):
     """(b, T, n_mels) float64 dB of one sub-batch ``xb`` (b, L) float64 (the module docstring's definition)."""
     import torch
 
@@ -164,7 +175,7 @@ def _db_batch(xb, window, Wt, n_fft: int, hop_length: int, n_used: int, top_db: 
         win_length=n_fft,
         window=window,
         center=True,
-        pad_mode=PAD_MODE,
+        pad_mode=pad_mode,
         normalized=False,
         onesided=True,
         return_complex=True,
@@ -206,7 +217,10 @@ class _RunningMoments:
         return float(np.sqrt(self.m2 / self.n)) if self.n else float("nan")
 
 
-@config.job(reads={"mel": ("n_mels", "n_fft", "hop_length", "fmax", "top_db")}, tunes={"mel": ("batch_size", "device")})
+@config.job(
+    reads={"mel": ("n_mels", "n_fft", "hop_length", "fmax", "top_db", "pad_mode")},
+    tunes={"mel": ("batch_size", "device")},
+)
 def build_mel_store(*, clips, mel, settings, log: logging.Logger | None = None) -> dict:
     """Stream ``clips`` (a clips.h5) into ``mel`` (the mel.h5 to write), ``mel.batch_size`` clips at a time.
 
@@ -221,7 +235,7 @@ def build_mel_store(*, clips, mel, settings, log: logging.Logger | None = None) 
     bs = int(p["batch_size"])
     device = pick_device(p["device"])
     with open_clips(clips) as src:
-        audio = src["audio"]
+        audio = clip_audio(src)  # float32 samples, whatever the storage
         sr = int(src.attrs["sample_rate"])
         N, L = audio.shape
         if N == 0:
@@ -232,8 +246,11 @@ def build_mel_store(*, clips, mel, settings, log: logging.Logger | None = None) 
         if not (split == TRAIN).any():
             raise ValueError(f"{clips}: no training clips (meta/split is never 0): cannot standardise")
         T = n_frames(L, p["hop_length"])
-        attrs = mel_params(sr, p["n_fft"], p["hop_length"], p["n_mels"], p["fmax"], p["top_db"])
-        log.info(f"mel: {N} clips of {L} samples at {sr} Hz -> {p['n_mels']} x {T} dB, batch {bs}, device {device}")
+        attrs = mel_params(sr, p["n_fft"], p["hop_length"], p["n_mels"], p["fmax"], p["top_db"], p["pad_mode"])
+        log.info(
+            f"mel: {N} clips of {L} samples at {sr} Hz ({audio.storage}) -> {p['n_mels']} x {T} dB, pad_mode "
+            f"{p['pad_mode']}, batch {bs}, device {device}"
+        )
         mel_basis(sr, int(p["n_fft"]), int(p["n_mels"]), float(p["fmax"]))  # imports librosa: keep out of the rate
         moments = _RunningMoments()
         t0 = last = time.perf_counter()
@@ -243,7 +260,7 @@ def build_mel_store(*, clips, mel, settings, log: logging.Logger | None = None) 
                 e = min(N, s + bs)
                 block = audio[s:e]
                 db = melspectrogram_db(
-                    block, sr, p["n_fft"], p["hop_length"], p["n_mels"], p["fmax"], p["top_db"], device
+                    block, sr, p["n_fft"], p["hop_length"], p["n_mels"], p["fmax"], p["top_db"], device, p["pad_mode"]
                 )
                 d[s:e] = db
                 moments.add(db[split[s:e] == TRAIN])

@@ -9,29 +9,55 @@ Layouts
   (:func:`deepfeat.formats.cliptable.seeded_subset`). One clip per note: its first clip_seconds (a shorter note
   is a bad file). A task's ``label`` names an examples.json field.
 - ``recordings``: ``root/<recordings.metadata>`` CSV with a ``recordings.path_column`` (relative to root) and
-  label columns. Each recording is cut into non-overlapping clips from its start, the short tail dropped.
+  label columns. Each recording is cut into non-overlapping clips from its start, the short tail dropped. A path
+  that leaves the dataset folder (absolute, or climbing out with ``..``; judged on the text, so symbolic links
+  inside the folder are followed) is a bad row unless ``recordings.allow_outside`` is true.
+
+An unusable source (a row of the metadata, or its file) is reported as a :class:`Problem` to the ``bad``
+callback of the caller, which skips it or collects it (``ingest.on_error``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import pandas as pd
 
-from deepfeat.data.audio import AudioError, read_audio, resample
+from deepfeat.data.audio import AudioError, AudioInfo, probe_audio, read_audio, resample
 from deepfeat.formats.cliptable import seeded_subset
+from deepfeat.runtime import UserError
 
 
-class IngestError(ValueError):
-    """Bad input data or metadata; the message names the file, row, field or column at fault."""
+class IngestError(UserError, ValueError):
+    """Bad input data or metadata; the message names the file, row, field or column at fault (an expected
+    error: reported without a traceback)."""
 
 
 class BadItem(Exception):
-    """One source file/row cannot be used (skippable with on_error='skip')."""
+    """One source file/row cannot be used (skippable with on_error='skip'); the message is the reason, without
+    the row's location (the :class:`Problem` adds it)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One unusable source: ``file`` as the metadata names it (or the note id), ``line`` its place in the
+    metadata ("line 8 (x.wav)", "note 'x'"), ``reason``, ``source`` (the metadata file) and ``index`` (its
+    position there: problems are listed in the metadata's order)."""
+
+    file: str
+    line: str
+    reason: str
+    source: str
+    index: int = 0
+
+    def text(self) -> str:
+        """The whole message: "<metadata file> <line>: <reason>"."""
+        return f"{self.source} {self.line}: {self.reason}"
 
 
 @dataclass
@@ -42,31 +68,39 @@ class Item:
     path: Path
     labels: dict = field(default_factory=dict)  # task name -> value
     group: str | None = None
-    where: str = ""  # "examples.json note 'x'" or "metadata.csv line 7": for messages
+    line: str = ""  # "note 'x'" or "line 7 (x.wav)": its place in ``source``, for messages
+    source: str = ""  # the metadata file (examples.json or the CSV)
+    index: int = 0  # its position in ``source``
+
+    def problem(self, reason: str) -> Problem:
+        return Problem(self.name, self.line, reason, self.source, self.index)
 
 
-def source_items(fmt: str, root: Path, ds: dict, tasks: list[dict], group_by: str, bad, log) -> list[Item]:
-    """The usable sources of a dataset of format ``fmt`` (``bad(name, reason)`` is called for each unusable one)."""
+def source_items(
+    fmt: str, root: Path, ds: dict, tasks: list[dict], group_by: str, bad, log, name: str = "<name>"
+) -> list[Item]:
+    """The usable sources of the dataset ``name`` of format ``fmt`` (``bad(problem)`` is called with a
+    :class:`Problem` for each unusable one)."""
     if fmt == "nsynth":
         return nsynth_items(root, ds["nsynth"], tasks, group_by, bad, log)
-    return recording_items(root, ds["recordings"], tasks, group_by, bad, log)
+    return recording_items(root, ds["recordings"], tasks, group_by, bad, log, name)
 
 
-def label_value(value, task: dict, where: str):
+def label_value(value, task: dict):
     """Validate one raw label value (classification -> str, regression -> float); raise BadItem if unusable."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
-        raise BadItem(f"{where}: empty label in {task['label']!r} (task {task['name']!r})")
+        raise BadItem(f"empty label in {task['label']!r} (task {task['name']!r})")
     if isinstance(value, (list, dict)):
-        raise BadItem(f"{where}: label {task['label']!r} is a {type(value).__name__}, expected a single value")
+        raise BadItem(f"label {task['label']!r} is a {type(value).__name__}, expected a single value")
     if task["type"] == "regression":
         try:
             v = float(value)
         except (TypeError, ValueError):
             raise BadItem(
-                f"{where}: label {task['label']!r} = {value!r} is not a number (task {task['name']!r} is a regression)"
+                f"label {task['label']!r} = {value!r} is not a number (task {task['name']!r} is a regression)"
             ) from None
         if not math.isfinite(v):
-            raise BadItem(f"{where}: label {task['label']!r} = {value!r} is not finite")
+            raise BadItem(f"label {task['label']!r} = {value!r} is not finite")
         return v
     return str(value).strip()
 
@@ -125,24 +159,24 @@ def nsynth_items(root: Path, ns: dict, tasks: list[dict], group_by: str, bad, lo
                 f"{ex_path}: field {fld!r} (a task label or split.group_by) does not exist; fields: {avail}"
             )
     items = []
-    for nid in keep:
+    for k, nid in enumerate(keep):
         e = examples[nid]
-        where = f"{ex_path} note {nid!r}"
+        line = f"note {nid!r}"
         try:
             labels = {}
             for t in tasks:
                 if t["label"] not in e:
-                    raise BadItem(f"{where}: no field {t['label']!r} (label of task {t['name']!r})")
-                labels[t["name"]] = label_value(e[t["label"]], t, where)
+                    raise BadItem(f"no field {t['label']!r} (label of task {t['name']!r})")
+                labels[t["name"]] = label_value(e[t["label"]], t)
             group = None
             if group_by != "recording":
                 if group_by not in e or str(e[group_by]).strip() == "":
-                    raise BadItem(f"{where}: empty or missing split.group_by field {group_by!r}")
+                    raise BadItem(f"empty or missing split.group_by field {group_by!r}")
                 group = str(e[group_by])
         except BadItem as err:
-            bad(nid, str(err))
+            bad(Problem(nid, line, str(err), str(ex_path), k))
             continue
-        items.append(Item(nid, root / "audio" / f"{nid}.wav", labels, group, where))
+        items.append(Item(nid, root / "audio" / f"{nid}.wav", labels, group, line, str(ex_path), k))
     return items
 
 
@@ -183,37 +217,71 @@ def _read_metadata(root: Path, rc: dict, tasks: list[dict], group_by: str, log) 
     return df, csv
 
 
-def recording_items(root: Path, rc: dict, tasks: list[dict], group_by: str, bad, log) -> list[Item]:
-    """The recordings listed in a metadata CSV (``rc``: the ``recordings`` settings) that have every label."""
+def leaves_folder(rel: str) -> bool:
+    """True when the metadata path ``rel`` is absolute or climbs out of the dataset folder with ``..`` (judged on
+    the text: a symbolic link inside the folder stays inside)."""
+    return PurePath(rel).is_absolute() or os.path.normpath(rel).split(os.sep)[0] == ".."
+
+
+def recording_items(
+    root: Path, rc: dict, tasks: list[dict], group_by: str, bad, log, name: str = "<name>"
+) -> list[Item]:
+    """The recordings listed in a metadata CSV (``rc``: the ``recordings`` settings) that have every label and,
+    unless ``recordings.allow_outside``, a path inside the dataset folder."""
     df, csv = _read_metadata(root, rc, tasks, group_by, log)
     pcol = rc["path_column"]
     part = bool(rc["part_of_piece"])
+    outside_ok = bool(rc.get("allow_outside", False))
     items, seen = [], {}
     for i, row in enumerate(df.itertuples(index=False)):
         r = dict(zip(df.columns, row))
-        where = f"{csv} line {i + 2}"
         rel = str(r[pcol]).strip()
+        line = f"line {i + 2}" + (f" ({rel})" if rel else "")
         try:
             if not rel:
-                raise BadItem(f"{where}: empty path in column {pcol!r}")
+                raise BadItem(f"empty path in column {pcol!r}")
             if rel in seen:
-                raise BadItem(f"{where}: recording {rel!r} already listed on line {seen[rel]}")
-            labels = {
-                t["name"]: label_value(r[t["label"]], t, f"{where} ({rel})")
-                for t in tasks
-                if not (t["label"] == "part" and part)
-            }
+                raise BadItem(f"recording {rel!r} already listed on line {seen[rel]}")
+            if not outside_ok and leaves_folder(rel):
+                raise BadItem(
+                    f"the path leaves the dataset folder {root}; move the file into it, or set "
+                    f"datasets.{name}.recordings.allow_outside: true to read files outside it"
+                )
+            labels = {t["name"]: label_value(r[t["label"]], t) for t in tasks if not (t["label"] == "part" and part)}
             group = None
             if group_by != "recording":
                 group = str(r[group_by]).strip()
                 if not group:
-                    raise BadItem(f"{where} ({rel}): empty split.group_by column {group_by!r}")
+                    raise BadItem(f"empty split.group_by column {group_by!r}")
         except BadItem as err:
-            bad(rel or where, str(err))
+            bad(Problem(rel, line, str(err), str(csv), i))
             continue
         seen[rel] = i + 2
-        items.append(Item(rel, root / rel, labels, group, where))
+        items.append(Item(rel, root / rel, labels, group, line, str(csv), i))
     return items
+
+
+def probe_items(items: list[Item], sr: int, L: int, clip_seconds: float, fmt: str, bad) -> list[AudioInfo | None]:
+    """The header of every item's file (:func:`deepfeat.data.audio.probe_audio`), in order; None for an item whose
+    file is missing, unreadable, truncated or shorter than one clip (reported to ``bad``). Costs one header read
+    per file."""
+    infos: list[AudioInfo | None] = []
+    for it in items:
+        try:
+            info = probe_audio(it.path)
+            n = info.samples_at(sr)
+            if n < L:
+                raise BadItem(_short(it, fmt, n, sr, clip_seconds))
+        except (AudioError, BadItem) as e:
+            bad(it.problem(str(e)))
+            info = None
+        infos.append(info)
+    return infos
+
+
+def _short(it: Item, fmt: str, n: int, sr: int, clip_seconds: float) -> str:
+    kind = "note" if fmt == "nsynth" else "recording"
+    return f"{it.path}: {kind} is shorter than one clip ({n / sr:.3f} s < {clip_seconds:g} s)"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,8 +304,7 @@ def read_clips(it: Item, fmt: str, sr: int, L: int, clip_seconds: float, resampl
             raise AudioError(f"{it.path}: resampling {native} Hz -> {sr} Hz failed ({e})") from e
     n = y.size // L
     if n == 0:
-        kind = "note" if fmt == "nsynth" else "recording"
-        raise BadItem(f"{it.path}: {kind} is shorter than one clip ({y.size / sr:.3f} s < {clip_seconds:g} s)")
+        raise BadItem(_short(it, fmt, y.size, sr, clip_seconds))
     if fmt == "nsynth":
         n = 1
     return y[: n * L].reshape(n, L)

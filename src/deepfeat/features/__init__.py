@@ -31,9 +31,16 @@ and of ``src/deepfeat/config.schema.yaml`` (the one place of their defaults), an
 This file only re-exports.
 """
 
-from deepfeat.features.chunk import Chunk, make_plan
+from deepfeat.features.chunk import WAVELET_AXES, Chunk, make_plan
 from deepfeat.features.registry import FEATURES, Feature, FeatureFn, register
-from deepfeat.features.ricker import ricker, ricker_matrix, ricker_time_mean, ricker_transform
+from deepfeat.features.ricker import (
+    ricker,
+    ricker_bins_mean,
+    ricker_matrix,
+    ricker_time_mean,
+    ricker_transform,
+    ricker_transform_bins,
+)
 from deepfeat.features.stats import COMBINED_STATS, STATS, kurtosis, summary_stats, time_to_db
 from deepfeat.features.store import build_store, check_settings
 from deepfeat.formats.handcrafted import feature_key, list_features, read_feature
@@ -45,6 +52,7 @@ __all__ = [
     "Feature",
     "FeatureFn",
     "STATS",
+    "WAVELET_AXES",
     "build_store",
     "check_settings",
     "feature_key",
@@ -54,9 +62,11 @@ __all__ = [
     "read_feature",
     "register",
     "ricker",
+    "ricker_bins_mean",
     "ricker_matrix",
     "ricker_time_mean",
     "ricker_transform",
+    "ricker_transform_bins",
     "summary_stats",
     "time_to_db",
 ]

@@ -11,15 +11,23 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deepfeat.features.ricker import ricker_time_mean, ricker_transform
+from deepfeat.features.ricker import ricker_bins_mean, ricker_time_mean, ricker_transform, ricker_transform_bins
 from deepfeat.features.stats import COMBINED_STATS, STATS, summary_stats, time_to_db
+
+#: the wavelet families of ``handcrafted.wavelet_axes``: (axis the Ricker transform runs along, axis summarised)
+WAVELET_AXES = {
+    "time": ("time", "time"),  # "Mean Wavelet (w)": one value per mel bin
+    "frequency": ("bins", "bins"),  # "Mean Wavelet (w) over frequency": one value per frame (the method's)
+    "time_across_bins": ("time", "bins"),  # "Mean Wavelet (w) across bins": one value per frame
+}
 
 
 class Chunk:
     """The clips [start, stop) being processed, with lazily computed, cached shared intermediates.
 
     Attributes: ``params`` (the ``handcrafted`` settings), ``mel_params``, ``sr`` (Hz), ``start``,
-    ``stop``, ``n_total``, ``n_frames`` (T of the mel), ``state`` (per-family dict persisting across chunks).
+    ``stop``, ``n_total``, ``n_bins`` (F of the mel), ``n_frames`` (T), ``state`` (per-family dict persisting
+    across chunks).
     Time spent in shared intermediates is recorded in ``timings`` under their own keys.
     """
 
@@ -40,7 +48,7 @@ class Chunk:
         self.start, self.stop = start, stop
         self.sr, self.params, self.mel_params = sr, params, mel_params
         self.n_total = mel_ds.shape[0]
-        self.n_frames = mel_ds.shape[-1]
+        self.n_bins, self.n_frames = mel_ds.shape[-2], mel_ds.shape[-1]
         self.state = state
         self.timings = timings
         self._plan = plan
@@ -85,7 +93,8 @@ class Chunk:
         )
 
     def stft_magnitude(self) -> np.ndarray:
-        """|STFT| of the raw clips (B, 1 + n_fft/2, frames) float64: Hann, ``center=True``, zero padding."""
+        """|STFT| of the raw clips (B, 1 + n_fft/2, frames) float64: Hann, ``center=True``, padded with
+        ``mel.pad_mode`` (as the mel-spectrogram)."""
         import librosa
 
         mp = self.mel_params
@@ -99,7 +108,7 @@ class Chunk:
                     hop_length=mp["hop_length"],
                     window="hann",
                     center=True,
-                    pad_mode="constant",
+                    pad_mode=mp["pad_mode"],
                 )
             ),
         )
@@ -119,31 +128,34 @@ class Chunk:
         """:func:`time_to_db` of this chunk's mel (B, F)."""
         return self.cached(("ttd", float(threshold)), "time_to_db", lambda: time_to_db(self.mel, threshold))
 
-    def _transform(self) -> tuple[np.ndarray, dict[int, int]]:
-        widths = self._plan["transform_widths"]
-        return self.cached(
-            "ricker",
-            "ricker_transform",
-            lambda: (ricker_transform(self.mel, widths), {w: i for i, w in enumerate(widths)}),
-        )
+    def _transform(self, along: str) -> tuple[np.ndarray, dict[int, int]]:
+        """The Ricker transform of every planned width along ``along`` ('time': (B, W, F, T); 'bins': (B, W, T,
+        F)) and the position of each width."""
+        widths = self._plan["transform_widths"][along]
+        fn, key = (ricker_transform, "ricker_transform") if along == "time" else (ricker_transform_bins, "ricker_bins")
+        return self.cached(("ricker", along), key, lambda: (fn(self.mel, widths), {w: i for i, w in enumerate(widths)}))
 
     def wavelet_stats(self, axis: str, width: int) -> dict[str, np.ndarray]:
-        """Statistics of the Ricker transform at ``width``, summarised over ``axis`` ('time': (B, F) per
-        mel bin; 'frequency': (B, T) per frame). The stats computed are those the planned features need."""
+        """Statistics of the Ricker transform at ``width`` for the wavelet family ``axis`` (:data:`WAVELET_AXES`):
+        'time': along time, summarised over time, (B, F) per mel bin; 'frequency': along the mel bins,
+        summarised over the mel bins, (B, T) per frame; 'time_across_bins': along time, summarised across the mel
+        bins, (B, T) per frame. The stats computed are those the planned features need."""
         stats = self._plan["stats"].get((axis, int(width)))
         if not stats:
-            raise KeyError(f"wavelet statistics over {axis} at width {width} were not planned")
+            raise KeyError(f"wavelet statistics of family {axis} at width {width} were not planned")
+        along = WAVELET_AXES[axis][0]
 
         def compute():
             out = {}
             rest = [s for s in STATS if s in stats]
-            if axis == "time" and "mean" in rest:  # exact and needs no transform
-                out["mean"] = ricker_time_mean(self.mel, [width])[:, 0]
+            if axis != "time_across_bins" and "mean" in rest:  # exact and needs no transform
+                mean = ricker_time_mean if axis == "time" else ricker_bins_mean
+                out["mean"] = mean(self.mel, [width])[:, 0]
                 rest.remove("mean")
             if rest:
-                R, pos = self._transform()
-                X = R[:, pos[int(width)]]  # (B, F, T), time contiguous
-                if axis == "frequency":
+                R, pos = self._transform(along)
+                X = R[:, pos[int(width)]]  # time: (B, F, T); bins: (B, T, F): the transformed axis last
+                if axis == "time_across_bins":
                     X = np.ascontiguousarray(X.swapaxes(-1, -2))  # (B, T, F)
                 out.update(summary_stats(X, rest))
             return out
@@ -152,7 +164,8 @@ class Chunk:
 
 
 def make_plan(params: dict, families: list[str]) -> dict:
-    """Which wavelet statistics (axis, width) and which transform widths the selected families need."""
+    """Which wavelet statistics (family axis, width) and which transform widths (per transform axis: 'time',
+    'bins') the selected families need."""
     stats: dict[tuple[str, int], set] = defaultdict(set)
     cw = int(params["combined_width"])
     if "wavelet" in families:
@@ -163,5 +176,8 @@ def make_plan(params: dict, families: list[str]) -> dict:
         stats[("time", cw)].update(COMBINED_STATS)
     if "top4" in families:
         stats[("time", cw)].add("mean")
-    widths = sorted({w for (ax, w), s in stats.items() if s - ({"mean"} if ax == "time" else set())})
-    return {"stats": dict(stats), "transform_widths": widths}
+    widths: dict[str, set] = {"time": set(), "bins": set()}
+    for (ax, w), s in stats.items():
+        if s - ({"mean"} if ax != "time_across_bins" else set()):  # the means of time/frequency need no transform
+            widths[WAVELET_AXES[ax][0]].add(w)
+    return {"stats": dict(stats), "transform_widths": {k: sorted(v) for k, v in widths.items()}}

@@ -10,9 +10,14 @@ under its config name (the names of the ``handcrafted.features`` list).
 ``median_power``    the same with the median.
 ``time_to_db``      ``Time to -70 dB`` etc.: per mel bin the index of the first frame whose value is
                     ``<= threshold`` (frames; T when never reached).
-``wavelet``         Ricker transform along time of every mel bin, summarised over time (per bin:
-                    ``Mean Wavelet (25)``, ``Median``, ``Std``, ``Var``, ``Kurtosis``, ``Q25``, ``Q75``) and
-                    over frequency (per frame: ``... over frequency``); plus ``Wavelet Combined``.
+``wavelet``         one family per ``wavelet_axes`` entry (Ricker widths w, statistics ``Mean``, ``Median``,
+                    ``Std``, ``Var``, ``Kurtosis``, ``Q25``, ``Q75``), plus ``Wavelet Combined``:
+                    ``time``: the transform along time of every mel bin, summarised over time (per bin:
+                    ``Mean Wavelet (25)``); ``frequency``: the transform along the mel bins of every frame
+                    (kernel min(10 w, F)), summarised over the mel bins (per frame: ``Mean Wavelet (25)
+                    over frequency``, the method's second family); ``time_across_bins``: the transform along
+                    time summarised across the mel bins (per frame: ``Mean Wavelet (25) across bins``; not
+                    the method's, deepfeat's "over frequency" before it followed the method).
 ``dwt``             ``DWT db10 (horizontal)`` etc.: 2-D DWT detail coefficients of the dB mel.
 ``top4``            ``Top 4 Combined``: Mean Power (frequency) + Time to -70 dB + Mean Wavelet (cw) +
                     Wavelet Combined, concatenated (cw = ``combined_width``).
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepfeat.features.chunk import Chunk
+from deepfeat.features.chunk import WAVELET_AXES, Chunk
 from deepfeat.features.registry import Feature, register
 from deepfeat.features.stats import COMBINED_STATS, STAT_DEFINITIONS, STAT_LABELS, STATS
 
@@ -47,7 +52,7 @@ def _librosa_params(ctx: Chunk) -> dict:
         "hop_length": int(mp["hop_length"]),
         "window": "hann",
         "center": True,
-        "pad_mode": "constant",
+        "pad_mode": mp["pad_mode"],
     }
 
 
@@ -57,19 +62,19 @@ def _rms(ctx: Chunk) -> list[Feature]:
 
     p = _librosa_params(ctx)
     v = librosa.feature.rms(
-        y=ctx.audio, frame_length=p["n_fft"], hop_length=p["hop_length"], center=True, pad_mode="constant"
+        y=ctx.audio, frame_length=p["n_fft"], hop_length=p["hop_length"], center=True, pad_mode=p["pad_mode"]
     )[:, 0]
     return [
         Feature(
             "RMS",
             v,
-            "librosa.feature.rms of the raw clip: sqrt(mean(y^2)) over each zero-padded, "
-            "centred frame of n_fft samples, one value per frame (amplitude units)",
+            f"librosa.feature.rms of the raw clip: sqrt(mean(y^2)) over each centred frame of n_fft samples "
+            f"(the clip padded with pad_mode '{p['pad_mode']}'), one value per frame (amplitude units)",
             {
                 "frame_length": p["n_fft"],
                 "hop_length": p["hop_length"],
                 "center": True,
-                "pad_mode": "constant",
+                "pad_mode": p["pad_mode"],
                 "sr": p["sr"],
             },
         )
@@ -186,15 +191,26 @@ def _time_to_db(ctx: Chunk) -> list[Feature]:
 
 
 def _wavelet_name(stat: str, width: int, axis: str) -> str:
-    return f"{STAT_LABELS[stat]} Wavelet ({width})" + (" over frequency" if axis == "frequency" else "")
+    return f"{STAT_LABELS[stat]} Wavelet ({width})" + _WAVELET_SUFFIX[axis]
 
 
-def _wavelet_definition(stat: str, width: int, axis: str, T: int) -> str:
-    K = min(10 * width, T)
-    per = "per mel bin, over frames" if axis == "time" else "per frame, over mel bins"
+_WAVELET_SUFFIX = {"time": "", "frequency": " over frequency", "time_across_bins": " across bins"}
+_WAVELET_PER = {
+    "time": "per mel bin, over frames, of the Ricker transform along time of each mel bin",
+    "frequency": "per frame, over mel bins, of the Ricker transform along the mel bins of each frame",
+    "time_across_bins": "per frame, across mel bins, of the Ricker transform along time of each mel bin",
+}
+
+
+def _wavelet_points(ctx: Chunk, width: int, axis: str) -> int:
+    """The kernel length K = min(10 w, n) of the family's transform (n = frames, or mel bins)."""
+    return int(min(10 * width, ctx.n_bins if WAVELET_AXES[axis][0] == "bins" else ctx.n_frames))
+
+
+def _wavelet_definition(stat: str, width: int, axis: str, points: int) -> str:
     return (
-        f"{STAT_DEFINITIONS[stat]}, {per}, of the Ricker transform along time of each mel bin of the dB "
-        f"mel (old scipy.signal.cwt: mode 'same' convolution with ricker(points={K}, a={width}))"
+        f"{STAT_DEFINITIONS[stat]}, {_WAVELET_PER[axis]} of the dB mel (old scipy.signal.cwt: mode 'same' "
+        f"convolution with zeros outside, ricker(points={points}, a={width}))"
     )
 
 
@@ -218,17 +234,21 @@ def _wavelet(ctx: Chunk) -> list[Feature]:
     for ax in p["wavelet_axes"]:
         for w in p["ricker_widths"]:
             st = ctx.wavelet_stats(ax, int(w))
+            K = _wavelet_points(ctx, int(w), ax)
+            along, over = (("mel bins" if a == "bins" else "time") for a in WAVELET_AXES[ax])
             for s in [s for s in STATS if s in p["wavelet_stats"]]:
                 out.append(
                     Feature(
                         _wavelet_name(s, int(w), ax),
                         st[s],
-                        _wavelet_definition(s, int(w), ax, ctx.n_frames),
+                        _wavelet_definition(s, int(w), ax, K),
                         {
                             "width": int(w),
-                            "points": int(min(10 * int(w), ctx.n_frames)),
+                            "points": K,
                             "stat": s,
                             "axis": ax,
+                            "along": along,
+                            "over": over,
                             "mode": "same",
                         },
                     )

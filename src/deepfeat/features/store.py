@@ -21,11 +21,14 @@ from deepfeat import config
 from deepfeat.features.chunk import Chunk, make_plan
 from deepfeat.features.families import AUDIO_FAMILIES
 from deepfeat.features.registry import FEATURES, Feature
-from deepfeat.formats.clips import open_clips
+from deepfeat.formats.clips import clip_audio, open_clips
 from deepfeat.formats.cliptable import check_clip_ids
-from deepfeat.formats.files import write_h5
+from deepfeat.formats.files import decode, write_h5
 from deepfeat.formats.handcrafted import KIND, create_features, create_store, finish_store, write_chunk
 from deepfeat.formats.mel import open_mel
+
+#: the mel settings the features read (checked against the attributes of mel.h5's ``mel``)
+MEL_KEYS = ("n_fft", "hop_length", "pad_mode")
 
 
 def check_settings(params: dict) -> None:
@@ -49,10 +52,10 @@ def check_settings(params: dict) -> None:
 def _check_inputs(fc, fm, clips, mel, mel_params: dict, need_audio: bool) -> int:
     """The sample rate of the clips, after checking that clips.h5 and mel.h5 belong together."""
     m = fm["mel"]
-    for k in ("n_fft", "hop_length"):
-        if k in m.attrs and int(m.attrs[k]) != int(mel_params[k]):
+    for k in MEL_KEYS:
+        if k in m.attrs and decode(m.attrs[k]) != str(mel_params[k]):
             raise ValueError(
-                f"{mel}: mel was computed with {k}={m.attrs[k]} but the mel config says "
+                f"{mel}: mel was computed with {k}={decode(m.attrs[k])} but the mel config says mel.{k}: "
                 f"{mel_params[k]}; rerun the melspec rule"
             )
     if fc is None:
@@ -84,7 +87,7 @@ def _check_inputs(fc, fm, clips, mel, mel_params: dict, need_audio: bool) -> int
             "random_dim",
             "random_seed",
         ),
-        "mel": ("n_fft", "hop_length"),
+        "mel": ("n_fft", "hop_length", "pad_mode"),
     },
     tunes={"handcrafted": ("chunk_size",)},
 )
@@ -118,8 +121,8 @@ def build_store(*, clips, mel, features, settings, log: logging.Logger | None = 
                 f"of <= {chunk} clips; families {families}; Ricker transform widths {plan['transform_widths']}"
             )
             with write_h5(features, KIND) as fo:
-                g = create_store(fo, fm, N, sr, {"handcrafted": p, "mel": {k: mp[k] for k in ("n_fft", "hop_length")}})
-                audio = fc["audio"] if fc is not None else None
+                g = create_store(fo, fm, N, sr, {"handcrafted": p, "mel": {k: mp[k] for k in MEL_KEYS}})
+                audio = clip_audio(fc) if fc is not None else None  # float32 samples, whatever the storage
                 layout = _write_features(g, audio, mel_ds, sr, p, mp, plan, timings, features, t_start, log)
                 finish_store(g, layout)
     finally:

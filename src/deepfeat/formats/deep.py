@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from deepfeat.formats.cliptable import copy_clip_table
-from deepfeat.formats.files import decode, open_h5, write_h5
+from deepfeat.formats.files import OpenFile, decode, open_h5, write_h5
 
 KIND = "deep"
 STATES = ("trained", "untrained")
@@ -86,7 +86,7 @@ def read_deep(path, layer: str, which: str = "trained") -> tuple[np.ndarray, dic
         return d[:], attrs
 
 
-class StoredFeatures:
+class StoredFeatures(OpenFile):
     """The deep features of an exported deep-feature file, with the interface of
     :class:`deepfeat.nets.features.ModelFeatures` (``rows``, ``batches``, ``widths``, ``shapes``, ...), so that every
     consumer can read exported activations instead of computing them. Use as a context manager."""
@@ -109,17 +109,6 @@ class StoredFeatures:
         self.states, self.widths = STATES, dict(info.widths)
         self.shapes = {a: json.loads(self._f[STATES[0]][a].attrs["shape"]) for a in self.layers}
         self.n_clips = int(self._f[STATES[0]][self.layers[0]].shape[0])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
 
     def rows(self, state: str, idx: np.ndarray, layers=None) -> dict[str, np.ndarray]:
         """{layer: float32 array (len(idx), d)} of the sorted, distinct clip indices ``idx``."""

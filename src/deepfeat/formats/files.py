@@ -18,12 +18,14 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from deepfeat.runtime import UserError
+
 COMPLETE_ATTR = "deepfeat_complete"
 KIND_ATTR = "deepfeat_kind"
 STR = h5py.string_dtype("utf-8")
 
 
-class CorruptOutputError(RuntimeError):
+class CorruptOutputError(UserError, RuntimeError):
     """An input file exists but is incomplete, truncated or of the wrong kind."""
 
 
@@ -88,6 +90,23 @@ def open_h5(path: str | os.PathLike, kind: str | None = None) -> h5py.File:
         f.close()
         raise CorruptOutputError(f"{path}: expected a deepfeat '{kind}' file, found '{got}'")
     return f
+
+
+class OpenFile:
+    """Base of the readers that hold one open HDF5 file in ``self._f``: a context manager that closes it."""
+
+    _f: h5py.File | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
 def decode(value) -> str:

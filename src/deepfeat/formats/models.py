@@ -4,7 +4,9 @@ checkpoint): torch dictionaries written atomically and read back with ``weights_
 Model file: ``{"format": "deepfeat-model-1", "meta", "init_state", "final_state"}``. ``meta`` holds at least
 ``arch``, ``input_shape`` ([1, n_mels, T]) and ``n_outputs`` (what rebuilding the network needs), plus the
 training description (seed, task, task_type, classes, target_mean/target_std, train_mean/train_std, epochs, lr,
-momentum, batch_size, n_params, n_train, n_test, device, seconds, mel_h5); ``init_state`` and ``final_state`` are
+momentum, batch_size, n_params, n_train, n_test, device, seconds, mel_h5) and ``deformable`` (the semantics of
+the Deformable network's conv3: ``torchvision`` or ``reference``; a file without it means ``torchvision``);
+``init_state`` and ``final_state`` are
 CPU state dicts of the initial (untrained) and the final (trained) weights.
 
 Checkpoint: ``{"format": "deepfeat-checkpoint-1", "fingerprint", "epoch", "model", "optimizer", "generator",

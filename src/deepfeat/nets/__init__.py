@@ -5,7 +5,13 @@ standardisation (:mod:`~deepfeat.nets.activations`), the deep features computed 
 Job entry points: :func:`train_model` (rule ``train``) and :func:`extract_features` (rule ``extract``)."""
 
 from deepfeat.nets.activations import layer_activations, standardise_input
-from deepfeat.nets.deform import DeformConv2d, conv_out_size, deform_conv2d
+from deepfeat.nets.deform import (
+    DeformConv2d,
+    ReferenceDeformConv2d,
+    conv_out_size,
+    deform_conv2d,
+    deform_conv2d_reference,
+)
 from deepfeat.nets.extract import extract_features
 from deepfeat.nets.features import ModelFeatures
 from deepfeat.nets.models import (
@@ -30,10 +36,12 @@ __all__ = [
     "POINTS",
     "DeformConv2d",
     "ModelFeatures",
+    "ReferenceDeformConv2d",
     "build_model",
     "conv_out_size",
     "cpu_state",
     "deform_conv2d",
+    "deform_conv2d_reference",
     "extract_features",
     "layer_activations",
     "layer_shapes",

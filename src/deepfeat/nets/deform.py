@@ -17,6 +17,31 @@ matrix that is contracted with the flattened kernel in one matmul. Memory: 4 x B
 gathered corners (L = H_out*W_out); for the networks' conv3 (C=20, 5x5, L<=48) that is ~100k floats per clip.
 Gradients w.r.t. input, offsets, weight and bias come from autograd (the floor of the sample position is
 piecewise constant; the bilinear weights carry the offset gradient).
+
+Two semantics (``models.deformable``) are offered:
+
+* ``torchvision`` (:func:`deform_conv2d`, :class:`DeformConv2d`): the definition above, zeros outside the map,
+  offset convolution zero-initialised (weights and bias), so an untrained layer is an ordinary convolution.
+* ``reference`` (:func:`deform_conv2d_reference`, :class:`ReferenceDeformConv2d`): the forward semantics of the
+  deformable layer the method's appendix names (the public ``DeformConv2d`` of pytorch-deform-conv-v2, its
+  version with ``stride``, used with zero padding 0 and without modulation). For a square kernel of ks taps per
+  axis (N = ks*ks), stride s, zero padding P (applied to the input first: H, W below are the padded sizes) and
+  offsets ``off`` (B, 2N, h, w) from the offset convolution (k3 s p1 on the unpadded input):
+
+      p_row[k, i, j] = 1 + s*i + a_k + off[:, k, i, j],     p_col[k, i, j] = 1 + s*j + b_k + off[:, N + k, i, j]
+
+  with tap k = r*ks + c, a_k = t_r, b_k = t_c, t = floor(-(ks-1)/2) .. (ks-1)//2 (for ks = 5: -2 .. 2); so the
+  regular grid is centred at 1 + s*i (not at s*i - P + (ks-1)/2 as above). Per axis, lo = floor(p) and
+  hi = lo + 1 are clamped to [0, H-1] (rows) / [0, W-1] (columns) and so is p itself; with the row factors
+  u_lo = 1 + (lo - p), u_hi = 1 - (hi - p) (columns v_lo, v_hi alike) the sample is
+
+      u_lo v_lo X[lo_r, lo_c] + u_hi v_hi X[hi_r, hi_c] + u_lo v_hi X[lo_r, hi_c] + u_hi v_lo X[hi_r, lo_c].
+
+  Inside the map this is bilinear interpolation. Where a coordinate is clamped (p < 0 or p >= H-1), lo = hi
+  = p and both factors are 1: the edge pixel is taken with weight 2 per clamped axis (4 at a corner), not once
+  as edge replication would. The samples are contracted with the kernel (no bias). The offset convolution
+  has its weights set to zero and its bias left at PyTorch's default initialisation, so an untrained layer
+  already samples off the grid by up to ~1/sqrt(9 C) pixels.
 """
 
 from __future__ import annotations
@@ -24,6 +49,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -165,4 +191,95 @@ class DeformConv2d(nn.Module):
         )
 
 
-__all__ = ["DeformConv2d", "conv_out_size", "deform_conv2d"]
+def _reference_taps(ks: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) offset of every kernel tap k = r*ks + c of the reference layer, each (N,)."""
+    t = torch.arange(-(ks - 1) // 2, (ks - 1) // 2 + 1, device=device).to(dtype)  # floor(-(ks-1)/2) .. (ks-1)//2
+    return t.repeat_interleave(ks), t.repeat(ks)
+
+
+def deform_conv2d_reference(
+    x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0
+) -> torch.Tensor:
+    """Deformable convolution with the ``reference`` semantics (module docstring): ``x`` (B, C, H, W), square
+    ``weight`` (C_out, C, ks, ks), ``offset`` (B, 2*ks*ks, h, w) (rows of every tap first, then columns);
+    returns (B, C_out, h, w). No bias."""
+    if x.dim() != 4 or weight.dim() != 4 or offset.dim() != 4:
+        raise ValueError(
+            f"deform_conv2d_reference: expected 4-D input, offset and weight, got {tuple(x.shape)}, "
+            f"{tuple(offset.shape)}, {tuple(weight.shape)}"
+        )
+    C_out, C_w, ks, ks2 = weight.shape
+    B, C = x.shape[:2]
+    if ks != ks2:
+        raise ValueError(f"deform_conv2d_reference: the kernel must be square, got {ks}x{ks2}")
+    if C_w != C:
+        raise ValueError(f"deform_conv2d_reference: weight expects {C_w} input channels, input has {C}")
+    N = ks * ks
+    if offset.shape[0] != B or offset.shape[1] != 2 * N:
+        raise ValueError(f"deform_conv2d_reference: offset must be (B={B}, {2 * N}, h, w), got {tuple(offset.shape)}")
+    h, w = offset.shape[2:]
+    if padding:
+        x = F.pad(x, (padding, padding, padding, padding))
+    H, W = x.shape[2:]
+    dev, dt = offset.device, offset.dtype
+    tr, tc = _reference_taps(ks, dev, dt)
+    rows = (1 + stride * torch.arange(h, device=dev)).to(dt).view(1, 1, h, 1) + tr.view(1, N, 1, 1)
+    cols = (1 + stride * torch.arange(w, device=dev)).to(dt).view(1, 1, 1, w) + tc.view(1, N, 1, 1)
+    idx, wts = [], []
+    per_axis = []
+    for base, off, n in ((rows, offset[:, :N], H), (cols, offset[:, N:], W)):
+        p = base + off  # (B, N, h, w)
+        lo = torch.floor(p.detach())
+        hi, lo = (lo + 1).clamp(0, n - 1), lo.clamp(0, n - 1)
+        p = p.clamp(0, n - 1)
+        per_axis.append(((lo.long(), 1 + (lo - p)), (hi.long(), 1 - (hi - p))))
+    (r_lo, r_hi), (c_lo, c_hi) = per_axis
+    for (ri, ru), (ci, cv) in ((r_lo, c_lo), (r_hi, c_hi), (r_lo, c_hi), (r_hi, c_lo)):
+        idx.append((ri * W + ci).reshape(B, N * h * w))
+        wts.append((ru * cv).reshape(B, N * h * w))
+    L = h * w
+    idx = torch.stack(idx, 1).view(B, 1, 4 * N * L).expand(B, C, 4 * N * L)
+    wts = torch.stack(wts, 1).view(B, 1, 4, N * L).to(x.dtype)
+    corners = torch.gather(x.reshape(B, C, H * W), 2, idx).view(B, C, 4, N * L)
+    cols_ = (corners * wts).sum(2).view(B, C * N, L)  # channel-major, then tap: matches the flattened kernel
+    return torch.matmul(weight.reshape(C_out, C * N), cols_).view(B, C_out, h, w)
+
+
+class ReferenceDeformConv2d(nn.Module):
+    """The deformable layer with the ``reference`` semantics (module docstring), predicting its offsets from its
+    own input.
+
+    ``offset`` = nn.Conv2d(in_channels -> 2*ks*ks, kernel 3, stride ``stride``, padding 1), weights set to zero,
+    bias at PyTorch's default initialisation; ``weight`` (out, in, ks, ks), initialised like ``nn.Conv2d``, no
+    bias. Parameters are drawn in the reference's order (kernel, then the offset convolution), so the same torch
+    seed gives the same initial weights as that layer. Parameter count: out*in*ks^2 + 2 ks^2 (9 in + 1), the same
+    as :class:`DeformConv2d` with a k3 offset convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__()
+        if not isinstance(kernel_size, int):
+            raise ValueError(f"ReferenceDeformConv2d: kernel_size must be one int (square), got {kernel_size}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, int(stride), int(padding)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
+        self.bias = None
+        self.offset = nn.Conv2d(in_channels, 2 * kernel_size * kernel_size, 3, stride=self.stride, padding=1)
+        nn.init.zeros_(self.offset.weight)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """(h_out, w_out): the offset convolution's output size, which is the layer's."""
+        return conv_out_size(h, 3, self.stride, 1), conv_out_size(w, 3, self.stride, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return deform_conv2d_reference(x, self.offset(x), self.weight, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, semantics=reference"
+        )
+
+
+__all__ = ["DeformConv2d", "ReferenceDeformConv2d", "conv_out_size", "deform_conv2d", "deform_conv2d_reference"]

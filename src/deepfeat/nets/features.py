@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from deepfeat.formats.deep import STATES
+from deepfeat.formats.files import OpenFile
 from deepfeat.formats.mel import open_mel, standardisation
 from deepfeat.nets.activations import layer_activations, standardise_input
 from deepfeat.nets.models import load_model
@@ -54,7 +55,7 @@ def mel_rows(ds, idx: np.ndarray) -> np.ndarray:
     return ds[idx]
 
 
-class ModelFeatures:
+class ModelFeatures(OpenFile):
     """The deep features of one model file on the clips of one mel.h5, computed on demand.
 
     ``layers``, ``point``, ``average_channels``: the ``deep`` settings; ``device`` (a torch device or its config
@@ -86,17 +87,6 @@ class ModelFeatures:
         probe = layer_activations(self.nets["trained"][0], zero, list(self.layers), point)
         self.shapes = {a: list(probe[a].shape[2:] if a in self.avg else probe[a].shape[1:]) for a in self.layers}
         self.widths = {a: int(np.prod(s)) for a, s in self.shapes.items()}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
 
     def batches(self, state: str, idx: np.ndarray, layers=None):
         """Yield (positions in ``idx``, {layer: float32 tensor (b, d) on the device}) batch by batch for the sorted,

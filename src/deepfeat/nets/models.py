@@ -13,19 +13,24 @@ stride = size, floor mode):
 arch          conv1          pool1       conv2                     pool2       conv3
 ============  =============  ==========  ========================  ==========  =================================
 Regular       k5             2           k5 s3 p3                  2           k5 s2
-Deformable    k5             2           k5 s3 p3                  2           deformable k5 s2 p2 (no bias),
+Deformable    k5             2           k5 s3 p3                  2           deformable k5 s2 (no bias),
                                                                                offsets: conv k3 s2 p1 20->50
 Dilated       k5 d3          2           k5 s2 p3 d2               2           k5 s2 p1
 1dF           k(5,1) d(3,1)  (2,1)       k(5,1) s(2,1) p(3,0) d(2,1) (2,1)     k(5,1) s(2,1) p(1,0)
 1dT           k(1,5) d(1,3)  (1,2)       k(1,5) s(1,2) p(0,3) d(1,2) (1,2)     k(1,5) s(1,2) p(0,1)
 ============  =============  ==========  ========================  ==========  =================================
 
-The deformable conv3 uses padding 2, the value that gives the method's 30x6x6 (T=128) and 30x6x8 (T=176)
-outputs, the same grid as its k3 s2 p1 offset convolution. ``FeedForward`` is flatten -> fc1 (n_mels*T -> 120)
--> bn1 (BatchNorm1d) -> ReLU -> out. Parameter counts (BatchNorm weight and bias included) reproduce the
-method's 18 numbers exactly (tests/test_models.py). Weights use PyTorch's default initialisation (except the
-deformable offset convolution, zero-initialised: see :class:`deepfeat.nets.deform.DeformConv2d`), so initial
-weights are a function of the torch seed set before :func:`build_model`.
+The deformable conv3 has two semantics (``models.deformable``, :mod:`deepfeat.nets.deform`): ``torchvision``
+(:class:`~deepfeat.nets.deform.DeformConv2d` with padding 2, the value that gives the method's 30x6x6 (T=128)
+and 30x6x8 (T=176) outputs, the same grid as its k3 s2 p1 offset convolution) and ``reference``
+(:class:`~deepfeat.nets.deform.ReferenceDeformConv2d`, the layer of the method's appendix, zero padding 0; its
+output grid is its offset convolution's, the same sizes). Both have the same parameters.
+
+``FeedForward`` is flatten -> fc1 (n_mels*T -> 120) -> bn1 (BatchNorm1d) -> ReLU -> out. Parameter counts
+(BatchNorm weight and bias included) reproduce the method's 18 numbers exactly with either semantics
+(tests/test_models.py). Weights use PyTorch's default initialisation (except the deformable offset convolution,
+zero-initialised: weights and bias for ``torchvision``, weights only for ``reference``), so initial weights are
+a function of the torch seed set before :func:`build_model`.
 
 Layer names for activations: ``conv1, pool1, conv2, pool2, conv3, fc1``. At ``point="raw"`` a conv layer is the
 convolution output before BatchNorm/ReLU (what the reference notebooks hooked) and fc1 the linear output before
@@ -33,7 +38,8 @@ ReLU; at ``point="activated"`` they are taken after BatchNorm+ReLU (fc1: after R
 pool outputs. Every activation is 4-D (B, C, H, W); fc1 is returned as (B, 120, 1, 1).
 
 A trained network is kept in a model file (initial and final weights with the training description, see
-:mod:`deepfeat.formats.models`); :func:`load_model` rebuilds either set of weights from it.
+:mod:`deepfeat.formats.models`, whose meta records ``deformable``, the conv3 semantics it was built with; a
+file without the record was built with ``torchvision``); :func:`load_model` rebuilds either set of weights.
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfeat import config
 from deepfeat.formats.models import read_model
-from deepfeat.nets.deform import DeformConv2d, conv_out_size
+from deepfeat.nets.deform import DeformConv2d, ReferenceDeformConv2d, conv_out_size
 
 ARCHS = ("Regular", "Deformable", "Dilated", "1dF", "1dT", "FeedForward")
 CONV_ARCHS = ARCHS[:-1]
@@ -55,6 +62,8 @@ LAYERS = CONV_LAYERS + ("fc1",)
 POINTS = ("raw", "activated")
 CHANNELS = (1, 10, 20, 30)
 HIDDEN = 120
+DEFORMABLE = ("torchvision", "reference")  # the enum of models.deformable
+LEGACY_DEFORMABLE = "torchvision"  # the semantics of a model file that does not record it
 
 
 @dataclass(frozen=True)
@@ -147,11 +156,13 @@ def _as_input(x: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tenso
 class ConvNet(nn.Module):
     """Regular / Deformable / Dilated / 1dF / 1dT network (see the module docstring for every layer)."""
 
-    def __init__(self, arch: str, n_mels: int, n_frames: int, n_outputs: int):
+    def __init__(self, arch: str, n_mels: int, n_frames: int, n_outputs: int, deformable: str = "torchvision"):
         super().__init__()
         if check_arch(arch) == "FeedForward":
             raise ValueError("ConvNet: FeedForward is built by FeedForward, not ConvNet")
-        self.arch, self.n_outputs = arch, int(n_outputs)
+        if deformable not in DEFORMABLE:
+            raise ValueError(f"models.deformable: {deformable!r} is not one of {list(DEFORMABLE)}")
+        self.arch, self.n_outputs, self.deformable = arch, int(n_outputs), deformable
         self.input_shape = (1, int(n_mels), int(n_frames))
         self.shapes = layer_shapes(arch, n_mels, n_frames)
         c1, p1, c2, p2, c3 = SPECS[arch]
@@ -161,7 +172,11 @@ class ConvNet(nn.Module):
         self.conv2 = nn.Conv2d(10, 20, c2.k, c2.s, c2.p, c2.d)
         self.bn2 = nn.BatchNorm2d(20)
         self.pool2 = nn.MaxPool2d(p2)
-        if c3.deformable:
+        if c3.deformable and deformable == "reference":
+            self.conv3 = ReferenceDeformConv2d(20, 30, c3.k[0], stride=c3.s[0], padding=0)
+            if self.conv3.output_size(*self.shapes["pool2"][1:]) != self.shapes["conv3"][1:]:
+                raise ValueError(f"{arch} (reference): conv3 grid differs from {self.shapes['conv3']}")
+        elif c3.deformable:
             self.conv3 = DeformConv2d(
                 20, 30, c3.k, c3.s, c3.p, c3.d, offset_kernel=3, offset_stride=2, offset_padding=1
             )
@@ -247,16 +262,19 @@ def _check_layers(layers, point: str) -> list[str]:
     return layers
 
 
-def build_model(arch: str, n_mels: int, n_frames: int, n_outputs: int) -> nn.Module:
+def build_model(arch: str, n_mels: int, n_frames: int, n_outputs: int, deformable: str | None = None) -> nn.Module:
     """The network ``arch`` for inputs (1, n_mels, n_frames) and ``n_outputs`` logits (1 for regression).
 
-    Call ``torch.manual_seed(seed)`` first to make the initial weights a function of the seed.
+    ``deformable``: the semantics of the Deformable network's conv3, ``torchvision`` or ``reference`` (None: the
+    schema's default of ``models.deformable``); the other architectures ignore it. Call
+    ``torch.manual_seed(seed)`` first to make the initial weights a function of the seed.
     """
     if int(n_outputs) < 1:
         raise ValueError(f"n_outputs must be >= 1, got {n_outputs}")
+    deformable = config.default("models", "deformable") if deformable is None else deformable
     if check_arch(arch) == "FeedForward":
         return FeedForward(n_mels, n_frames, n_outputs)
-    return ConvNet(arch, n_mels, n_frames, n_outputs)
+    return ConvNet(arch, n_mels, n_frames, n_outputs, deformable)
 
 
 def n_params(model: nn.Module) -> int:
@@ -271,10 +289,12 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model(path: str | os.PathLike, which: str = "trained", device=None) -> tuple[nn.Module, dict]:
     """(model in eval mode on ``device`` (default CPU), meta) from a model file (:mod:`deepfeat.formats.models`);
-    ``which`` = trained|untrained."""
+    ``which`` = trained|untrained. The Deformable conv3 gets the semantics the file records (``meta["deformable"]``;
+    ``torchvision`` when absent, as in files written before the record existed)."""
     state, meta = read_model(path, which)
     _, n_mels, n_frames = meta["input_shape"]
-    model = build_model(meta["arch"], n_mels, n_frames, meta["n_outputs"])
+    deformable = meta.get("deformable", LEGACY_DEFORMABLE)
+    model = build_model(meta["arch"], n_mels, n_frames, meta["n_outputs"], deformable)
     model.load_state_dict(state)
     model.to(torch.device("cpu") if device is None else device).eval()
     return model, meta

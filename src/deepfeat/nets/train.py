@@ -19,7 +19,8 @@ epochs, the last epoch kept (no early stopping). Initial weights: ``torch.manual
 - Speed: both splits live on the device as single float32 tensors (N x 1 x n_mels x T); a batch is
   ``x.index_select(0, idx)`` for an index slice of the permutation: no DataLoader, no per-sample Python work,
   one host sync per epoch. Memory: 4 bytes x N x n_mels x T (NSynth 50,000 x 128 x 128: 3.3 GB) plus the
-  model's activations.
+  model's activations; when that exceeds ``models.memory_mb``, each batch is read from mel.h5 instead
+  (:class:`StreamedInputs`: the same values, so the same weights; one HDF5 read per batch).
 - Resumable: every ``checkpoint_every`` epochs (default 1) the model, optimiser (momentum buffers), generator
   state, history and elapsed time are written atomically to ``checkpoint`` (:mod:`deepfeat.formats.models`); a
   restarted job whose checkpoint matches its configuration resumes after the last saved epoch and ends with
@@ -51,6 +52,7 @@ from deepfeat.formats.mel import open_mel, standardisation
 from deepfeat.formats.models import read_checkpoint, save_checkpoint, save_model
 from deepfeat.formats.tables import HISTORY_COLUMNS
 from deepfeat.nets.activations import standardise_input
+from deepfeat.nets.features import mel_rows
 from deepfeat.nets.models import build_model, check_arch, cpu_state, n_params
 from deepfeat.runtime import pick_device
 
@@ -86,10 +88,38 @@ def deterministic(device: torch.device):
 # ----------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------
-def load_inputs(f, device: torch.device, log: logging.Logger | None = None) -> tuple[dict, dict]:
-    """Standardised train and test inputs of an open mel.h5 as device tensors (n, 1, n_mels, T), float32.
+class StreamedInputs:
+    """One split's standardised inputs read from mel.h5 batch by batch, in place of a resident tensor (when the
+    inputs would exceed ``models.memory_mb``). It answers what the training and evaluation loops ask of a tensor
+    (``len``, ``device``, ``index_select(0, idx)``, slices) with exactly the values the resident tensor would hold,
+    so training is the same; it costs one HDF5 read per batch instead of memory proportional to the clips."""
 
-    Read block by block straight into preallocated device tensors, so host memory stays bounded by one block.
+    def __init__(self, ds, rows: np.ndarray, norm: dict, device: torch.device):
+        self.ds, self.rows, self.norm, self.device = ds, np.asarray(rows, dtype=np.int64), norm, device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
+        if dim != 0:
+            raise ValueError("StreamedInputs.index_select: only rows (dim 0) can be selected")
+        pos = idx.cpu().numpy()
+        order = np.argsort(pos, kind="stable")  # HDF5 reads increasing rows; the batch keeps its own order
+        x = standardise_input(self.ds[self.rows[pos[order]]], self.norm, self.device)
+        out = torch.empty_like(x)
+        out[torch.as_tensor(order, device=self.device)] = x
+        return out
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        return standardise_input(mel_rows(self.ds, self.rows[sl]), self.norm, self.device)
+
+
+def load_inputs(
+    f, device: torch.device, log: logging.Logger | None = None, memory_mb: float | None = None
+) -> tuple[dict, dict]:
+    """Standardised train and test inputs of an open mel.h5: device tensors (n, 1, n_mels, T), float32, read block
+    by block straight into preallocated tensors (host memory bounded by one block); or, when the tensors of both
+    splits would exceed ``memory_mb``, :class:`StreamedInputs` that read each batch from the (open) file.
     Returns ({"train": x_train, "test": x_test}, {"train_mean", "train_std", "input_shape"}).
     """
     mel = f["mel"]
@@ -99,6 +129,16 @@ def load_inputs(f, device: torch.device, log: logging.Logger | None = None) -> t
     n, n_mels, n_frames = mel.shape
     if split.shape != (n,):
         raise ValueError(f"{f.filename}: meta/split has {split.shape[0]} rows but mel has {n}")
+    shape = [1, int(n_mels), int(n_frames)]
+    resident = 4.0 * n * n_mels * n_frames
+    if memory_mb is not None and resident > memory_mb * 1e6:
+        if log:
+            log.info(
+                f"inputs of {n} clips ({resident / 1e9:.2f} GB) exceed models.memory_mb = {memory_mb:g}: "
+                "read from mel.h5 batch by batch"
+            )
+        out = {name: StreamedInputs(mel, np.flatnonzero(split == code), norm, device) for name, code in SPLITS}
+        return out, {**norm, "input_shape": shape}
     out = {}
     for name, code in SPLITS:
         out[name] = torch.empty((int((split == code).sum()), 1, n_mels, n_frames), dtype=torch.float32, device=device)
@@ -117,7 +157,7 @@ def load_inputs(f, device: torch.device, log: logging.Logger | None = None) -> t
             f"loaded {n} clips ({pos['train']} train, {pos['test']} test) of 1x{n_mels}x{n_frames} onto {device} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
-    return out, {**norm, "input_shape": [1, int(n_mels), int(n_frames)]}
+    return out, {**norm, "input_shape": shape}
 
 
 def load_targets(f, task: str, device: torch.device) -> tuple[dict, dict]:
@@ -243,7 +283,7 @@ def _start(arch: str, seed: int, task: str, p: dict, norm: dict, info: dict, n: 
     """The seeded initial network (built on the CPU, then moved), its optimiser, the batch-order generator and
     the fingerprint of the run's configuration."""
     torch.manual_seed(seed)
-    model = build_model(arch, norm["input_shape"][1], norm["input_shape"][2], info["n_outputs"])
+    model = build_model(arch, norm["input_shape"][1], norm["input_shape"][2], info["n_outputs"], p["deformable"])
     init_state = cpu_state(model)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(p["lr"]), momentum=float(p["momentum"]))
@@ -262,6 +302,7 @@ def _start(arch: str, seed: int, task: str, p: dict, norm: dict, info: dict, n: 
         "train_mean": norm["train_mean"],
         "train_std": norm["train_std"],
         "device_type": device.type,
+        "deformable": p["deformable"],
     }
     return _Run(model, optimizer, gen, init_state, fingerprint)
 
@@ -356,6 +397,7 @@ def _model_meta(run: _Run, info: dict, p: dict, seconds: float, mel, device) -> 
     fp = run.fingerprint
     return {
         "arch": fp["arch"],
+        "deformable": fp["deformable"],
         "seed": fp["seed"],
         "task": fp["task"],
         "task_type": info["type"],
@@ -382,7 +424,10 @@ def _model_meta(run: _Run, info: dict, p: dict, seconds: float, mel, device) -> 
 # ----------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------
-@job(reads={"models": ("epochs", "batch_size", "lr", "momentum")}, tunes={"models": ("device", "checkpoint_every")})
+@job(
+    reads={"models": ("epochs", "batch_size", "lr", "momentum", "deformable")},
+    tunes={"models": ("device", "checkpoint_every", "memory_mb")},
+)
 def train_model(
     *,
     mel,
@@ -398,8 +443,9 @@ def train_model(
     """Train ``arch`` on ``task`` of ``mel`` (mel.h5) with ``seed``; write the model file ``model`` and the
     history CSV ``history``.
 
-    ``settings["models"]``: epochs, batch_size, lr, momentum; device (auto|cpu|cuda) and checkpoint_every change
-    only speed (and where it can resume). ``checkpoint``: path of the resumable epoch checkpoint (None: no
+    ``settings["models"]``: epochs, batch_size, lr, momentum, deformable (the semantics of the Deformable conv3,
+    recorded in the model file's meta); device (auto|cpu|cuda) and checkpoint_every change only speed (and where
+    it can resume). ``checkpoint``: path of the resumable epoch checkpoint (None: no
     checkpointing). Returns the history table. File formats: docs/formats.md.
     """
     log = log or logging.getLogger(__name__)
@@ -410,22 +456,22 @@ def train_model(
     remove_stale_temporaries(model, history, checkpoint, log=log)
 
     check_arch(arch)  # before reading gigabytes
-    with open_mel(mel) as f:
+    with open_mel(mel) as f:  # open while training: inputs beyond models.memory_mb are read batch by batch
         ys, info = load_targets(f, task, device)
-        xs, norm = load_inputs(f, device, log)
-    n = {"train": len(xs["train"]), "test": len(xs["test"])}
-    if n["train"] < 2:
-        raise ValueError(f"{mel}: the training split has {n['train']} clips; need at least 2")
-
-    run = _start(arch, seed, task, p, norm, info, n, device)
-    _resume(run, checkpoint, int(p["epochs"]), log)
-    log.info(
-        f"training {arch} on '{task}' ({info['type']}, {info['n_outputs']} outputs), seed {seed}, "
-        f"{n_params(run.model):,} parameters, {n['train']} train / {n['test']} test clips, device {device}, "
-        f"epochs {p['epochs']}, batch {p['batch_size']}, lr {p['lr']}, momentum {p['momentum']}"
-    )
-    with deterministic(device):
-        seconds = _epochs(run, xs, ys, info, p, checkpoint, f"{arch} seed {seed}", log)
+        xs, norm = load_inputs(f, device, log, p["memory_mb"])
+        n = {"train": len(xs["train"]), "test": len(xs["test"])}
+        if n["train"] < 2:
+            raise ValueError(f"{mel}: the training split has {n['train']} clips; need at least 2")
+        run = _start(arch, seed, task, p, norm, info, n, device)
+        _resume(run, checkpoint, int(p["epochs"]), log)
+        conv3 = f" ({p['deformable']} deformable conv3)" if arch == "Deformable" else ""
+        log.info(
+            f"training {arch}{conv3} on '{task}' ({info['type']}, {info['n_outputs']} outputs), seed {seed}, "
+            f"{n_params(run.model):,} parameters, {n['train']} train / {n['test']} test clips, device {device}, "
+            f"epochs {p['epochs']}, batch {p['batch_size']}, lr {p['lr']}, momentum {p['momentum']}"
+        )
+        with deterministic(device):
+            seconds = _epochs(run, xs, ys, info, p, checkpoint, f"{arch} seed {seed}", log)
 
     hist = pd.DataFrame(run.history, columns=HISTORY_COLUMNS)
     save_model(model, _model_meta(run, info, p, seconds, mel, device), run.init_state, cpu_state(run.model))
@@ -440,4 +486,13 @@ def train_model(
     return hist
 
 
-__all__ = ["batch_indices", "deterministic", "evaluate", "load_inputs", "load_targets", "train_epoch", "train_model"]
+__all__ = [
+    "StreamedInputs",
+    "batch_indices",
+    "deterministic",
+    "evaluate",
+    "load_inputs",
+    "load_targets",
+    "train_epoch",
+    "train_model",
+]

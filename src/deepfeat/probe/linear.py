@@ -8,12 +8,15 @@ Definitions
   ``ridge * trace(K) / n_train`` (K = Xc Xc', Xc the centred training features), and the log says so.
   ``probe.ridge: auto`` (the default) instead fits ridge regression for every p, with the penalty of each
   target chosen by exact leave-one-out on the training split over ``RIDGE_GRID`` x trace(K) / n_train, all
-  from one eigendecomposition of K (:func:`fit_linear`).
+  from one eigendecomposition: of the p x p covariance Xc' Xc when p < n_train (O(n p^2 + p^3)), of the
+  n x n Gram matrix K otherwise (O(n^2 p + n^3)); :func:`fit_linear`.
 
-:func:`fit_linear` dispatches to one solver per case: :func:`_ols` (gelsd or the normal equations),
-:func:`_ridge_fixed` (fixed penalty, dual form), :func:`_ridge_loo_gram` (leave-one-out penalty from the
-n x n Gram matrix) and :func:`_ridge_loo_covariance` (leave-one-out penalty from the p x p covariance, when
-the n x n matrix would not fit).
+:func:`fit_linear` (arrays) and :func:`fit_linear_rows` (:class:`~deepfeat.probe.rows.Rows`, held in memory or
+computed on demand) dispatch to one solver per case: :func:`_ols` (gelsd or the normal equations),
+:func:`_ridge_fixed` (fixed penalty, dual form), :func:`_ridge_loo_gram` (leave-one-out penalty from the n x n
+Gram matrix) and :func:`_ridge_loo_covariance` (from the p x p covariance). Every pass over the rows runs over
+row blocks of a bounded size: besides the rows themselves a solver holds its p x p or n x n matrices and their
+eigenvectors (16 k^2 bytes, k = min(n, p)), never an n x p float64 temporary.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from deepfeat import config
-from deepfeat.probe.standardisation import GRAM_BYTES, check_2d, cols_per_block, rows_per_chunk
+from deepfeat.probe.rows import ResidentRows, Rows, gram_of
+from deepfeat.probe.standardisation import check_2d, rows_per_chunk
 
 LSTSQ_BYTES = 256 * 2**20  # OLS through LAPACK gelsd (SVD) on CPU when the float64 design fits in this
 RIDGE_GRID = np.logspace(-6, 3, 25)  # ridge auto: candidate penalties lam / (trace(K) / n_train), log-spaced
+FORMS = ("auto", "primal", "dual")  # ridge auto: covariance (primal) when p < n_train, else Gram (dual); or forced
 
 
 @dataclass
@@ -45,32 +51,27 @@ class _Fit:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Helpers: passes over row chunks, eigen solves, leave-one-out
+# Passes over row blocks, eigen solves, leave-one-out
 # ----------------------------------------------------------------------------------------------------------
-def _tensor(X, device) -> torch.Tensor:
-    X = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(X))
-    return X.to(device)
+def _rows_times(X: Rows, mu: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """(X - mu) M in float64, one row block at a time (an empty X gives 0 x M.shape[1])."""
+    out = torch.zeros(X.n, M.shape[1], dtype=torch.float64, device=M.device)
+    for pos, B in X.blocks(rows_per_chunk(X.d)):
+        out[pos] = (B.double() - mu) @ M
+    return out
 
 
-def _rows_times(X: torch.Tensor, mu: torch.Tensor, M: torch.Tensor, rows: int) -> torch.Tensor:
-    """(X - mu) M in float64, ``rows`` rows of X at a time (an empty X gives 0 x M.shape[1])."""
-    return torch.cat(
-        [(X[i : i + rows].double() - mu) @ M for i in range(0, X.shape[0], rows)]
-        or [torch.zeros(0, M.shape[1], dtype=torch.float64, device=M.device)]
-    )
-
-
-def _covariance(Xtr: torch.Tensor, mu: torch.Tensor, rows: int, Yc: torch.Tensor | None = None):
-    """Xc' Xc (p x p, float64, summed over row chunks of the centred Xc = Xtr - mu), and Xc' Yc when ``Yc``
+def _covariance(X: Rows, mu: torch.Tensor, Yc: torch.Tensor | None = None):
+    """Xc' Xc (p x p, float64, summed over row blocks of the centred Xc = X - mu), and Xc' Yc when ``Yc``
     is given (else None)."""
-    n, p = Xtr.shape
-    C = torch.zeros(p, p, dtype=torch.float64, device=Xtr.device)
-    R = None if Yc is None else torch.zeros(p, Yc.shape[1], dtype=torch.float64, device=Xtr.device)
-    for i in range(0, n, rows):
-        B = Xtr[i : i + rows].double() - mu
+    p, dev = X.d, mu.device
+    C = torch.zeros(p, p, dtype=torch.float64, device=dev)
+    R = None if Yc is None else torch.zeros(p, Yc.shape[1], dtype=torch.float64, device=dev)
+    for pos, B in X.blocks(rows_per_chunk(p)):
+        B = B.double() - mu
         C.addmm_(B.T, B)
         if R is not None:
-            R.addmm_(B.T, Yc[i : i + rows])
+            R.addmm_(B.T, Yc[pos])
     return C, R
 
 
@@ -81,179 +82,244 @@ def _pinv_solve(A: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return V[:, keep] @ ((V[:, keep].T @ R) / lam[keep].unsqueeze(1))
 
 
-def _top_eig(A: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs of the symmetric PSD float64 ``A`` whose eigenvalue exceeds scale x eps x the largest."""
-    s, V = torch.linalg.eigh(A)
-    keep = s > scale * torch.finfo(torch.float64).eps * s.max().clamp_min(0)
-    if not bool(s.max() > 0):
+def _eigh(A: torch.Tensor, overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric float64 ``A``. On the CPU LAPACK ?syevr, in
+    place when ``overwrite`` (then A is destroyed): the matrix and its eigenvectors, no n^2 workspace."""
+    if A.device.type != "cpu":
+        return torch.linalg.eigh(A)
+    a = A.numpy().T  # symmetric: the Fortran-ordered view of the C-ordered matrix (no copy)
+    s, V = scipy.linalg.eigh(a, overwrite_a=overwrite, driver="evr", check_finite=False)
+    return torch.from_numpy(s), torch.from_numpy(V)
+
+
+def _top_eig(A: torch.Tensor, scale: int, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of the symmetric PSD float64 ``A`` whose eigenvalue exceeds scale x eps x the largest (the
+    kept ones are the last columns: a view, no copy)."""
+    s, V = _eigh(A, overwrite)
+    top = s.max().clamp_min(0) if len(s) else torch.zeros((), dtype=s.dtype)
+    keep = s > scale * torch.finfo(torch.float64).eps * top
+    if not bool(top > 0):
         keep[:] = False
-    return s[keep], V[:, keep]
+    k0 = len(s) - int(keep.sum())
+    return s[k0:], V[:, k0:]
 
 
-def _loo_ridge(U: torch.Tensor, s: torch.Tensor, Yc: torch.Tensor, lams: torch.Tensor) -> torch.Tensor:
-    """Exact leave-one-out mean squared error (G x T) of ridge with an unpenalised intercept, per penalty.
+def _loo_scan(U_blocks, n: int, s: torch.Tensor, UtY: torch.Tensor, Yc: torch.Tensor, lams: torch.Tensor):
+    """Exact leave-one-out mean squared error (G x T) of ridge with an unpenalised intercept, per penalty, and
+    the training fits (n, G, T) of every penalty, over row blocks ``U_blocks`` ((positions, U_b) pairs).
 
     ``U`` (n x r, orthonormal columns) and ``s`` (r, > 0) are the nonzero eigenpairs of the centred training
-    Gram matrix K = Xc Xc'; ``Yc`` (n x T) the centred targets; ``lams`` (G) absolute penalties. The fit is the
-    linear smoother H = 11'/n + U diag(s / (s + lam)) U' (the intercept is unpenalised and 1 is in the null
-    space of K), so the leave-one-out residual is e_i / (1 - H_ii) with e = Yc - U diag(s/(s+lam)) U' Yc
-    (exact for penalised least squares with a fixed penalty). Cost O(n r (G + G T)); 1 - H_ii <= 0
-    (interpolation) gives inf.
+    Gram matrix K = Xc Xc'; ``UtY`` = U' Yc; ``Yc`` (n x T) the centred targets; ``lams`` (G) absolute
+    penalties. The fit is the linear smoother H = 11'/n + U diag(s / (s + lam)) U' (the intercept is
+    unpenalised and 1 is in the null space of K), so the leave-one-out residual is e_i / (1 - H_ii) with
+    e = Yc - U diag(s/(s+lam)) U' Yc (exact for penalised least squares with a fixed penalty). Cost
+    O(n r (G + G T)); 1 - H_ii <= 0 (interpolation) gives inf.
     """
-    n = U.shape[0]
-    F = s[:, None] / (s[:, None] + lams[None, :])  # r x G shrinkage factors
-    one_minus_h = (1.0 - 1.0 / n) - (U * U) @ F  # n x G
-    UtY = U.T @ Yc  # r x T
     G, T = len(lams), Yc.shape[1]
-    fit = (U @ (F[:, :, None] * UtY[:, None, :]).reshape(len(s), G * T)).reshape(n, G, T)
-    e = Yc[:, None, :] - fit
-    loo = e / one_minus_h[:, :, None]
-    mse = (loo * loo).mean(0)
-    return torch.where((one_minus_h > 0).all(0)[:, None], mse, torch.full_like(mse, math.inf))
+    F = s[:, None] / (s[:, None] + lams[None, :])  # r x G shrinkage factors
+    M = (F[:, :, None] * UtY[:, None, :]).reshape(len(s), G * T)
+    sse = torch.zeros(G, T, dtype=torch.float64, device=Yc.device)
+    ok = torch.ones(G, dtype=torch.bool, device=Yc.device)
+    fits = torch.empty(n, G, T, dtype=torch.float64, device=Yc.device)
+    for pos, U in U_blocks:
+        one_minus_h = (1.0 - 1.0 / n) - (U * U) @ F  # b x G
+        fit = (U @ M).reshape(-1, G, T)
+        loo = (Yc[pos][:, None, :] - fit) / one_minus_h[:, :, None]
+        sse += (loo * loo).sum(0)
+        ok &= (one_minus_h > 0).all(0)
+        fits[pos] = fit
+    mse = sse / n
+    return torch.where(ok[:, None], mse, torch.full_like(mse, math.inf)), fits
 
 
-def _choose_ridge(
-    U: torch.Tensor, s: torch.Tensor, Yc: torch.Tensor, trace: float, n: int, form: str
-) -> tuple[torch.Tensor, dict]:
-    """Per target column, the penalty of ``RIDGE_GRID`` x trace / n with the smallest exact LOO error."""
-    lams = torch.as_tensor(RIDGE_GRID * (trace / n), dtype=torch.float64, device=U.device)
-    loo = _loo_ridge(U, s, Yc, lams)  # G x T
+def _choose_ridge(loo: torch.Tensor, fits: torch.Tensor, trace: float, n: int, form: str):
+    """Per target column, the penalty of ``RIDGE_GRID`` x trace / n with the smallest exact LOO error, its
+    training fits (n x T) and the extras of the result."""
+    lams = torch.as_tensor(RIDGE_GRID * (trace / n), dtype=torch.float64, device=loo.device)
     best = torch.argmin(loo, 0)  # first minimum on ties: deterministic
-    return lams[best], {
-        "ridge_grid": lams.cpu().numpy(),
-        "ridge_rel": RIDGE_GRID[best.cpu().numpy()],
-        "loo_mse": loo.cpu().numpy(),
-        "form": form,
-    }
+    pred_tr = fits[:, best, torch.arange(fits.shape[2], device=fits.device)]
+    return (
+        lams[best],
+        pred_tr,
+        {
+            "ridge_grid": lams.cpu().numpy(),
+            "ridge_rel": RIDGE_GRID[best.cpu().numpy()],
+            "loo_mse": loo.cpu().numpy(),
+            "form": form,
+        },
+    )
 
 
-def _centred_gram(Xtr: torch.Tensor, mu: torch.Tensor, gram) -> torch.Tensor:
+def _grid(trace: float, n: int, device) -> torch.Tensor:
+    return torch.as_tensor(RIDGE_GRID * (trace / n), dtype=torch.float64, device=device)
+
+
+def _centred_gram(Xtr: Rows, mu: torch.Tensor | None, gram, consume: bool = False, width=None) -> torch.Tensor:
     """The centred training Gram matrix K = Xc Xc' (n x n, float64): from the uncentred ``gram`` Xtr Xtr' by
-    exact double centring when given (nearly centred features only), else summed over column chunks."""
-    n, p = Xtr.shape
-    dev = Xtr.device
-    if gram is not None:
-        G = gram if isinstance(gram, torch.Tensor) else torch.from_numpy(np.asarray(gram))
-        if tuple(G.shape) != (n, n) or G.dtype != torch.float64:
-            raise ValueError(
-                f"regression: gram must be the float64 ({n}, {n}) matrix Xtr Xtr', got {G.dtype} {tuple(G.shape)}"
-            )
-        G = G.to(dev)
-        m = G.mean()  # = |training mean|^2: must be negligible next to the mean squared norm trace / n
-        if not torch.isfinite(G).all():
-            raise ValueError("regression: gram has NaN or infinite values")
-        if float(m) > 1e-6 * float(torch.trace(G)) / n:
-            raise ValueError(
-                "regression: gram is for (nearly) centred features such as standardised ones; "
-                "these have a large mean (centring would cancel digits), call without gram"
-            )
-        r = G.mean(1, keepdim=True)
-        return G - r - r.T + m
-    K = torch.zeros(n, n, dtype=torch.float64, device=dev)
-    cols = rows_per_chunk(n)  # columns of n float64 rows per working chunk
-    for a in range(0, p, cols):
-        C = Xtr[:, a : a + cols].double() - mu[a : a + cols]
-        K.addmm_(C, C.T)
+    exact double centring when given (nearly centred features only; in place when ``consume``), else summed
+    over column chunks of the centred rows (held rows) or from the uncentred Gram matrix of rows computed on
+    demand (standardised, hence nearly centred; summed over column groups of ``width`` columns)."""
+    n, dev = Xtr.n, Xtr.device
+    if gram is None and Xtr.resident:
+        K = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        cols = rows_per_chunk(n)  # columns of n float64 rows per working chunk
+        for a in range(0, Xtr.d, cols):
+            C = Xtr.Z[:, a : a + cols].double() - mu[a : a + cols]
+            K.addmm_(C, C.T)
+        return K
+    if gram is None:
+        gram, consume = gram_of(Xtr, torch.float64, width), True
+    G = gram if isinstance(gram, torch.Tensor) else torch.from_numpy(np.asarray(gram))
+    if tuple(G.shape) != (n, n) or G.dtype != torch.float64:
+        raise ValueError(
+            f"regression: gram must be the float64 ({n}, {n}) matrix Xtr Xtr', got {G.dtype} {tuple(G.shape)}"
+        )
+    G = G.to(dev)
+    m = G.mean()  # = |training mean|^2: must be negligible next to the mean squared norm trace / n
+    if not torch.isfinite(G).all():
+        raise ValueError("regression: gram has NaN or infinite values")
+    if float(m) > 1e-6 * float(torch.trace(G)) / n:
+        raise ValueError(
+            "regression: gram is for (nearly) centred features such as standardised ones; "
+            "these have a large mean (centring would cancel digits), call without gram"
+        )
+    r = G.mean(1, keepdim=True)
+    K = G if consume else G.clone()
+    K -= r
+    K -= r.T
+    K += m
     return K
 
 
 def _dual_coefficients(
-    Xtr: torch.Tensor, Xte: torch.Tensor, alpha: torch.Tensor, mu: torch.Tensor, means_here: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coefficients Xc' alpha and test predictions in one pass over cache-sized column blocks; with
-    ``means_here`` the column means ``mu`` are filled in by the same pass (they were not needed before).
-
-    Note: ``C -= mu`` centres the block in place, and ``.double()`` of a float64 input is that input itself, so
-    a float64 ``Xtr`` is left centred (known; a later change fixes it with its own test)."""
-    n, p = Xtr.shape
-    n_te = Xte.shape[0]
-    coef = torch.empty(p, alpha.shape[1], dtype=torch.float64, device=Xtr.device)
-    pred_te = torch.zeros(n_te, alpha.shape[1], dtype=torch.float64, device=Xtr.device)
-    w = cols_per_block(max(n, n_te))
-    for a in range(0, p, w):
-        C = Xtr[:, a : a + w].double()
-        if means_here:
-            mu[a : a + w] = C.sum(0) / n
-        C -= mu[a : a + w]
-        coef[a : a + w] = C.T @ alpha
-        pred_te.addmm_(Xte[:, a : a + w].double() - mu[a : a + w], coef[a : a + w])
-    if not torch.isfinite(mu).all():
-        raise ValueError("regression features (train): NaN or infinite values")
-    return coef, pred_te
+    Xtr: Rows, Xte: Rows, alpha: torch.Tensor, mu: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(coefficients Xc' alpha, test predictions, column means mu) in one pass over the training row blocks and
+    one over the test rows. Without ``mu`` (the Gram matrix was given: nearly centred features) the means are
+    summed in the same pass and Xc' alpha = X' alpha - mu 1' alpha. Reads the inputs only (a float64 input is
+    never centred in place)."""
+    n, p, dev = Xtr.n, Xtr.d, alpha.device
+    XtA = torch.zeros(p, alpha.shape[1], dtype=torch.float64, device=dev)
+    here = mu is None
+    m = torch.zeros(p, dtype=torch.float64, device=dev) if here else mu
+    for pos, B in Xtr.blocks(rows_per_chunk(p)):
+        B = B.double()
+        if here:
+            m += B.sum(0)
+        XtA.addmm_((B if here else B - m).T, alpha[pos])
+    if here:
+        m /= n
+        if not torch.isfinite(m).all():
+            raise ValueError("regression features (train): NaN or infinite values")
+        XtA -= m[:, None] * alpha.sum(0)[None, :]
+    return XtA, _rows_times(Xte, m, XtA), m
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The solvers
 # ----------------------------------------------------------------------------------------------------------
-def _ols(Xtr: torch.Tensor, Xte: torch.Tensor, Yc: torch.Tensor, mu: torch.Tensor, rows: int) -> _Fit:
+def _ols(Xtr: Rows, Xte: Rows, Yc: torch.Tensor, mu: torch.Tensor) -> _Fit:
     """Ordinary least squares on the centred design (minimum-norm if rank deficient): LAPACK gelsd when the
-    float64 design fits ``LSTSQ_BYTES`` on the CPU, else the normal equations (Cholesky; eigen-pseudo-inverse
-    if singular; constant columns get coefficient 0)."""
-    n, p = Xtr.shape
-    if Xtr.device.type == "cpu" and n * p * 8 <= LSTSQ_BYTES:
-        coef = torch.linalg.lstsq(Xtr.double() - mu, Yc, driver="gelsd").solution
+    float64 design of held rows fits ``LSTSQ_BYTES`` on the CPU, else the normal equations (Cholesky;
+    eigen-pseudo-inverse if singular; constant columns get coefficient 0)."""
+    n, p = Xtr.n, Xtr.d
+    if Xtr.resident and Xtr.device.type == "cpu" and n * p * 8 <= LSTSQ_BYTES:
+        coef = torch.linalg.lstsq(Xtr.Z.double() - mu, Yc, driver="gelsd").solution
     else:
-        G, R = _covariance(Xtr, mu, rows, Yc)
+        G, R = _covariance(Xtr, mu, Yc)
         live = torch.diagonal(G) > 0  # constant columns carry no information
-        coef = torch.zeros(p, Yc.shape[1], dtype=torch.float64, device=Xtr.device)
+        coef = torch.zeros(p, Yc.shape[1], dtype=torch.float64, device=Yc.device)
         Gl = G[live][:, live]
         L, info = torch.linalg.cholesky_ex(Gl)
         coef[live] = torch.cholesky_solve(R[live], L) if int(info) == 0 else _pinv_solve(Gl, R[live])
-    return _Fit("ols", 0.0, coef, _rows_times(Xtr, mu, coef, rows), _rows_times(Xte, mu, coef, rows))
+    return _Fit("ols", 0.0, coef, _rows_times(Xtr, mu, coef), _rows_times(Xte, mu, coef))
 
 
-def _ridge_fixed(Xtr: torch.Tensor, Xte: torch.Tensor, Yc: torch.Tensor, mu: torch.Tensor, ridge: float, gram) -> _Fit:
+def _ridge_fixed(Xtr: Rows, Xte: Rows, Yc: torch.Tensor, mu, ridge: float, gram, consume: bool, width) -> _Fit:
     """Dual ridge with the fixed penalty lam = ridge x trace(K) / n: alpha = (K + lam I)^-1 Yc (Cholesky);
     ridge 0 gives the minimum-norm interpolant."""
-    n = Xtr.shape[0]
-    K = _centred_gram(Xtr, mu, gram)
+    n = Xtr.n
+    K = _centred_gram(Xtr, mu, gram, consume, width)
     lam = ridge * float(torch.trace(K)) / n
     if lam > 0:
         Kr = K.clone()
         Kr.diagonal().add_(lam)
         alpha = torch.cholesky_solve(Yc, torch.linalg.cholesky(Kr))
+        del Kr
     else:
         alpha = _pinv_solve(K, Yc)
     pred_tr = K @ alpha
-    coef, pred_te = _dual_coefficients(Xtr, Xte, alpha, mu, gram is not None)
-    return _Fit("ridge_dual", lam, coef, pred_tr, pred_te)
+    del K
+    coef, pred_te, mu = _dual_coefficients(Xtr, Xte, alpha, mu)
+    return _Fit("ridge_dual", lam, coef, pred_tr, pred_te, {"mu": mu})
 
 
-def _ridge_loo_gram(Xtr: torch.Tensor, Xte: torch.Tensor, Yc: torch.Tensor, mu: torch.Tensor, gram) -> _Fit:
+def _ridge_loo_gram(Xtr: Rows, Xte: Rows, Yc: torch.Tensor, mu, gram, consume: bool, width) -> _Fit:
     """Ridge with the leave-one-out penalty per target, from one eigendecomposition K = U diag(s) U' of the
     n x n centred Gram matrix: alpha = U diag(1 / (s + lam)) U' Yc."""
-    n = Xtr.shape[0]
-    K = _centred_gram(Xtr, mu, gram)
+    n = Xtr.n
+    K = _centred_gram(Xtr, mu, gram, consume, width)
     trace = float(torch.trace(K))
-    s, U = _top_eig(K, n)
+    s, U = _top_eig(K, n, overwrite=True)  # K is ours (centred copy or consumed): decomposed in place
     del K
-    lam, extra = _choose_ridge(U, s, Yc, trace, n, "dual")
     UtY = U.T @ Yc
-    pred_tr = U @ (s[:, None] / (s[:, None] + lam) * UtY)
+    lams = _grid(trace, n, Yc.device)
+    step = rows_per_chunk(U.shape[1])
+    loo, fits = _loo_scan(((slice(i, i + step), U[i : i + step]) for i in range(0, n, step)), n, s, UtY, Yc, lams)
+    lam, pred_tr, extra = _choose_ridge(loo, fits, trace, n, "dual")
+    del fits
     alpha = U @ (UtY / (s[:, None] + lam))
     del U
-    coef, pred_te = _dual_coefficients(Xtr, Xte, alpha, mu, gram is not None)
-    return _Fit("ridge_loo", lam, coef, pred_tr, pred_te, extra)
+    coef, pred_te, mu = _dual_coefficients(Xtr, Xte, alpha, mu)
+    return _Fit("ridge_loo", lam, coef, pred_tr, pred_te, {**extra, "mu": mu})
 
 
-def _ridge_loo_covariance(Xtr: torch.Tensor, Xte: torch.Tensor, Yc: torch.Tensor, mu: torch.Tensor, rows: int) -> _Fit:
+def _ridge_loo_covariance(Xtr: Rows, Xte: Rows, Yc: torch.Tensor, mu: torch.Tensor) -> _Fit:
     """The same fit as :func:`_ridge_loo_gram` from the p x p covariance Xc' Xc = V diag(s) V' (p < n):
-    U = Xc V diag(s)^-1/2, coefficients V diag(s^1/2 / (s + lam)) U' Yc."""
-    n, p = Xtr.shape
-    C, _ = _covariance(Xtr, mu, rows)
+    U = Xc V diag(s)^-1/2 (row block by row block, never held), U' Yc = diag(s)^-1/2 V' Xc' Yc, coefficients
+    V diag(s^1/2 / (s + lam)) U' Yc."""
+    n, p = Xtr.n, Xtr.d
+    C, R = _covariance(Xtr, mu, Yc)
     trace = float(torch.trace(C))
-    s, V = _top_eig(C, max(n, p))
-    U = _rows_times(Xtr, mu, V, rows) / s.sqrt()
-    lam, extra = _choose_ridge(U, s, Yc, trace, n, "primal")
-    UtY = U.T @ Yc
-    pred_tr = U @ (s[:, None] / (s[:, None] + lam) * UtY)
-    coef = V @ (s.sqrt()[:, None] / (s[:, None] + lam) * UtY)
-    return _Fit("ridge_loo", lam, coef, pred_tr, _rows_times(Xte, mu, coef, rows), extra)
+    s, V = _top_eig(C, max(n, p), overwrite=True)
+    del C
+    sq = s.sqrt()
+    UtY = (V.T @ R) / sq[:, None]
+
+    def u_blocks():
+        for pos, B in Xtr.blocks(rows_per_chunk(p)):
+            yield pos, ((B.double() - mu) @ V) / sq
+
+    loo, fits = _loo_scan(u_blocks(), n, s, UtY, Yc, _grid(trace, n, Yc.device))
+    lam, pred_tr, extra = _choose_ridge(loo, fits, trace, n, "primal")
+    del fits
+    coef = V @ (sq[:, None] / (s[:, None] + lam) * UtY)
+    return _Fit("ridge_loo", lam, coef, pred_tr, _rows_times(Xte, mu, coef), extra)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The dispatcher
 # ----------------------------------------------------------------------------------------------------------
+def solver(n: int, p: int, ridge, form: str = "auto") -> str:
+    """Which solver a regression of p features on n training clips runs: 'covariance' (ridge auto, p < n, or
+    ``form='primal'``), 'gram' (ridge auto otherwise, or ``form='dual'``), 'ols' (a numeric ridge and
+    p + 1 < n) or 'fixed' (a numeric ridge, dual form)."""
+    if isinstance(ridge, str):
+        if form not in FORMS:
+            raise ValueError(f"regression form must be one of {FORMS}, got {form!r}")
+        return {"primal": "covariance", "dual": "gram"}.get(form, "covariance" if p < n else "gram")
+    return "ols" if p + 1 < n else "fixed"
+
+
+def _check_ridge(ridge) -> bool:
+    auto = isinstance(ridge, str)
+    if auto and ridge != "auto":
+        raise ValueError(f"ridge: expected a number >= 0 or 'auto', got {ridge!r}")
+    if not auto and ridge < 0:
+        raise ValueError(f"ridge: expected >= 0, got {ridge}")
+    return auto
+
+
 def _regression_inputs(Xtr, ytr, Xte, yte, ridge, dev):
     """Checked inputs: (Xtr, Xte, Y (n x T), Yt (n_te x T) as tensors on ``dev``, auto?, 1-D targets?)."""
     check_2d(Xtr, "regression features (train)")
@@ -261,30 +327,28 @@ def _regression_inputs(Xtr, ytr, Xte, yte, ridge, dev):
     n, p = Xtr.shape
     if Xte.shape[1] != p:
         raise ValueError(f"regression features: train has {p} columns but test has {Xte.shape[1]}")
+    auto = _check_ridge(ridge)
+    Y, Yt, one = targets(ytr, yte, n, Xte.shape[0], dev)
+    Xtr, Xte = (X if isinstance(X, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(X)) for X in (Xtr, Xte))
+    return Xtr.to(dev), Xte.to(dev), Y, Yt, auto, one
+
+
+def targets(ytr, yte, n: int, n_te: int, dev) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Checked float64 targets (n x T), (n_te x T) on ``dev``, and whether they were 1-D."""
     if n < 2:
         raise ValueError(f"regression: need at least 2 training clips, got {n}")
-    auto = isinstance(ridge, str)
-    if auto and ridge != "auto":
-        raise ValueError(f"ridge: expected a number >= 0 or 'auto', got {ridge!r}")
-    if not auto and ridge < 0:
-        raise ValueError(f"ridge: expected >= 0, got {ridge}")
     ytr, yte = np.asarray(ytr, dtype=np.float64), np.asarray(yte, dtype=np.float64)
     one = ytr.ndim == 1
     Y, Yt = (ytr[:, None], yte[:, None]) if one else (ytr, yte)
-    if Y.ndim != 2 or Yt.ndim != 2 or len(Y) != n or len(Yt) != Xte.shape[0] or Y.shape[1] != Yt.shape[1]:
-        raise ValueError(
-            f"regression targets: expected ({n}[, T]) and ({Xte.shape[0]}[, T]), got {ytr.shape} and {yte.shape}"
-        )
+    if Y.ndim != 2 or Yt.ndim != 2 or len(Y) != n or len(Yt) != n_te or Y.shape[1] != Yt.shape[1]:
+        raise ValueError(f"regression targets: expected ({n}[, T]) and ({n_te}[, T]), got {ytr.shape} and {yte.shape}")
     if not (np.isfinite(Y).all() and np.isfinite(Yt).all()):
         raise ValueError("regression targets: NaN or infinite values")
-    Xtr, Xte = _tensor(Xtr, dev), _tensor(Xte, dev)
-    return Xtr, Xte, torch.as_tensor(Y, device=dev), torch.as_tensor(Yt, device=dev), auto, one
+    return torch.as_tensor(Y, device=dev), torch.as_tensor(Yt, device=dev), one
 
 
-def _result(
-    fit: _Fit, mu: torch.Tensor, Y: torch.Tensor, Yt: torch.Tensor, ybar: torch.Tensor, auto: bool, one: bool
-) -> dict:
-    """The returned dict of :func:`fit_linear` (predictions un-centred, RMSEs, intercept; scalars for 1-D)."""
+def _result(fit: _Fit, mu: torch.Tensor, Y: torch.Tensor, Yt: torch.Tensor, ybar: torch.Tensor, auto: bool) -> dict:
+    """The returned dict of :func:`fit_linear_rows` (predictions un-centred, RMSEs, intercept; 2-D)."""
     pred_tr = fit.pred_tr + ybar
     pred_te = fit.pred_te + ybar
     if not torch.isfinite(pred_te).all():
@@ -294,34 +358,59 @@ def _result(
         torch.sqrt(torch.mean((pred_te - Yt) ** 2, 0)).cpu().numpy() if Yt.shape[0] else np.full(Y.shape[1], np.nan)
     )
     intercept = (ybar - mu @ fit.coef).cpu().numpy()
-    coef, pred_te = fit.coef.cpu().numpy(), pred_te.cpu().numpy()
-    lam, extra = fit.lam, fit.extra
-    if auto:
-        lam = lam.cpu().numpy()
-        if one:
-            lam, extra["loo_mse"] = float(lam[0]), extra["loo_mse"][:, 0]
-            extra["ridge_rel"] = float(extra["ridge_rel"][0])
-    if one:
-        rmse_tr, rmse_te, coef, pred_te, intercept = (
-            float(rmse_tr[0]),
-            float(rmse_te[0]),
-            coef[:, 0],
-            pred_te[:, 0],
-            float(intercept[0]),
-        )
+    lam = fit.lam.cpu().numpy() if auto else fit.lam
     return {
         "train_rmse": rmse_tr,
         "test_rmse": rmse_te,
-        "pred": pred_te,
+        "pred": pred_te.cpu().numpy(),
         "ridge_used": lam,
         "method": fit.method,
-        "coef": coef,
+        "coef": fit.coef.cpu().numpy(),
         "intercept": intercept,
-        **extra,
+        **fit.extra,
     }
 
 
-def fit_linear(Xtr, ytr, Xte, yte, ridge: float | str | None = None, *, device=None, gram=None) -> dict:
+def fit_linear_rows(
+    Xtr: Rows,
+    Xte: Rows,
+    Y: torch.Tensor,
+    Yt: torch.Tensor,
+    ridge,
+    *,
+    gram=None,
+    form="auto",
+    consume=False,
+    gram_width: int | None = None,
+) -> dict:
+    """:func:`fit_linear` on :class:`~deepfeat.probe.rows.Rows` (held or computed on demand) and checked 2-D
+    float64 targets (:func:`targets`); the result is 2-D (T targets). ``consume``: the given ``gram`` may be
+    overwritten (centred and decomposed in place, saving an n x n copy); ``gram_width``: columns per pass of a
+    Gram matrix summed here from rows computed on demand (all of them by default)."""
+    auto = _check_ridge(ridge)
+    kind = solver(Xtr.n, Xtr.d, ridge, form)
+    use_gram = gram is not None and kind in ("gram", "fixed")
+    # the column means: first for the covariance forms and held rows; with a Gram matrix (given, or of rows
+    # computed on demand: nearly centred) they come in the pass after the solve
+    mu = Xtr.mean() if kind in ("covariance", "ols") or (Xtr.resident and not use_gram) else None
+    if mu is not None and not torch.isfinite(mu).all():
+        raise ValueError("regression features (train): NaN or infinite values")
+    ybar = Y.mean(0)
+    Yc = Y - ybar
+    g = gram if use_gram else None
+    if kind == "covariance":
+        fit = _ridge_loo_covariance(Xtr, Xte, Yc, mu)
+    elif kind == "ols":
+        fit = _ols(Xtr, Xte, Yc, mu)
+    elif kind == "gram":
+        fit = _ridge_loo_gram(Xtr, Xte, Yc, mu, g, consume, gram_width)
+    else:
+        fit = _ridge_fixed(Xtr, Xte, Yc, mu, float(ridge), g, consume, gram_width)
+    mu = fit.extra.pop("mu", mu)
+    return _result(fit, mu, Y, Yt, ybar, auto)
+
+
+def fit_linear(Xtr, ytr, Xte, yte, ridge: float | str | None = None, *, device=None, gram=None, form="auto") -> dict:
     """Linear regression with an intercept in float64; RMSE in the targets' units.
 
     Numeric ``ridge`` (>= 0):
@@ -335,21 +424,20 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float | str | None = None, *, device=N
     ``ridge="auto"`` (any p): ridge regression (intercept unpenalised) whose penalty is chosen PER TARGET
     COLUMN by exact leave-one-out mean squared error on the training split only, over the absolute penalties
     lam = ``RIDGE_GRID`` x trace(K) / n_train (smallest LOO error wins; the first on ties). One float64
-    eigendecomposition K = U diag(s) U' serves every candidate (O(n_train^2) each, :func:`_loo_ridge`) and the
-    final fit alpha = U diag(1 / (s + lam)) U' yc. When the n_train x n_train matrix would exceed
-    ``GRAM_BYTES`` and p < n_train, the p x p covariance Xc' Xc = V diag(s) V' is decomposed instead
-    (U = Xc V diag(s)^-1/2, coefficients V diag(s^1/2 / (s + lam)) U' yc): the same fit. Eigenvalues below
-    n x eps x the largest count as zero. ``method`` is 'ridge_loo'; ``ridge_grid`` (G, absolute lam),
-    ``ridge_rel`` (the chosen lam / (trace(K) / n), like ``ridge_used``), ``loo_mse`` (G or G x T, target
-    units squared) and ``form`` ('dual' or 'primal') are also returned. ``ridge=None``: the schema's default
-    (``probe.ridge``).
+    eigendecomposition serves every candidate (O(n_train k) each, :func:`_loo_scan`) and the final fit: of the
+    p x p covariance Xc' Xc = V diag(s) V' when p < n_train (U = Xc V diag(s)^-1/2, coefficients
+    V diag(s^1/2 / (s + lam)) U' yc; ``form`` 'primal'), else of K = U diag(s) U' (alpha = U diag(1 / (s + lam))
+    U' yc; 'dual'). ``form`` forces one ('primal' or 'dual'; 'auto' by default): the same fit. Eigenvalues
+    below max(n, p) x eps x the largest count as zero. ``method`` is 'ridge_loo'; ``ridge_grid`` (G, absolute
+    lam), ``ridge_rel`` (the chosen lam / (trace(K) / n), like ``ridge_used``), ``loo_mse`` (G or G x T, target
+    units squared) and ``form`` are also returned. ``ridge=None``: the schema's default (``probe.ridge``).
 
     ``gram`` (optional, float64 (n_train, n_train)) is the UNCENTRED Gram matrix ``Xtr Xtr'`` when already
-    computed (used by the dual ridge and by auto): K is then obtained from it by exact double centring,
+    computed (used by the dual forms): K is then obtained from it by exact double centring,
     K = G - r 1' - 1 r' + m 1 1' (r the row means of G, m its mean), instead of a pass over the p columns.
     Only for features whose training mean is (nearly) zero, such as standardised ones (else the centring would
-    cancel digits: ValueError). The coefficients and test predictions then come from one pass over
-    cache-sized column blocks.
+    cancel digits: ValueError). The coefficients and test predictions then come from one pass over row blocks.
+    The inputs are never modified.
 
     ``ytr``/``yte`` may be (n,) or (n, T) (T targets fitted with one factorisation). Returns ``train_rmse``,
     ``test_rmse`` (floats, or (T,) arrays for 2-D targets), ``pred`` (float64 test predictions, shaped like
@@ -359,25 +447,15 @@ def fit_linear(Xtr, ytr, Xte, yte, ridge: float | str | None = None, *, device=N
     ridge = config.default("probe", "ridge") if ridge is None else ridge
     dev = torch.device("cpu") if device is None else torch.device(device)
     Xtr, Xte, Y, Yt, auto, one = _regression_inputs(Xtr, ytr, Xte, yte, ridge, dev)
-    n, p = Xtr.shape
-    rows = rows_per_chunk(p)
-    primal = auto and p < n and n * n * 8 > GRAM_BYTES
-    use_gram = gram is not None and (p + 1 >= n or auto) and not primal
-    mu = torch.zeros(p, dtype=torch.float64, device=dev)
-    if not use_gram:  # (with the Gram matrix, the column means come in the one pass after the solve)
-        for i in range(0, n, rows):
-            mu += Xtr[i : i + rows].double().sum(0)
-        mu /= n
-        if not torch.isfinite(mu).all():
-            raise ValueError("regression features (train): NaN or infinite values")
-    ybar = Y.mean(0)
-    Yc = Y - ybar
-    if primal:  # ridge auto from the p x p covariance (n_train x n_train would not fit)
-        fit = _ridge_loo_covariance(Xtr, Xte, Yc, mu, rows)
-    elif p + 1 < n and not auto:
-        fit = _ols(Xtr, Xte, Yc, mu, rows)
-    elif auto:
-        fit = _ridge_loo_gram(Xtr, Xte, Yc, mu, gram if use_gram else None)
-    else:
-        fit = _ridge_fixed(Xtr, Xte, Yc, mu, float(ridge), gram if use_gram else None)
-    return _result(fit, mu, Y, Yt, ybar, auto, one)
+    r = fit_linear_rows(ResidentRows(Xtr), ResidentRows(Xte), Y, Yt, ridge, gram=gram, form=form)
+    if one:
+        for key in ("train_rmse", "test_rmse", "intercept"):
+            r[key] = float(r[key][0])
+        r["coef"], r["pred"] = r["coef"][:, 0], r["pred"][:, 0]
+        if auto:
+            r["ridge_used"], r["loo_mse"], r["ridge_rel"] = (
+                float(r["ridge_used"][0]),
+                r["loo_mse"][:, 0],
+                float(r["ridge_rel"][0]),
+            )
+    return r

@@ -1,6 +1,7 @@
-"""Reading the probes' features: (N x d) datasets of the stage files, split into train and test rows and
-standardised in place (:func:`deepfeat.probe.standardisation.standardise`), into reused float32 slabs; and the
-grouping of equal-width features into batched models."""
+"""Reading the probes' features into memory: (N x d) datasets of the stage files (:func:`load_split`) or layers
+computed by a network (:func:`fill_layers`), split into train and test rows and standardised in place
+(:func:`deepfeat.probe.standardisation.standardise`), into reused float32 slabs; and the grouping of equal-width
+features into batched models."""
 
 from __future__ import annotations
 
@@ -65,6 +66,28 @@ def load_split(
         np.compress(~m, buf[:k], axis=0, out=Xte[i_te : i_te + k - a])
         i_tr, i_te = i_tr + a, i_te + k - a
     return standardise(Xtr, Xte, name=what, inplace=True)
+
+
+def fill_layers(feats, state: str, layers: list[str], split: np.ndarray, outs: dict) -> None:
+    """Fill the (train, test) destinations ``outs[layer]`` with the raw rows of ``layers`` of one weight state
+    of a ModelFeatures / StoredFeatures, in one pass over every clip (file order, batch by batch: every layer
+    from the same forward pass), then standardise each in place (:func:`load_split` for computed rows)."""
+    n = int(feats.n_clips)
+    tr = split == TRAIN
+    at = {a: [0, 0] for a in layers}
+    for pos, acts in feats.batches(state, np.arange(n), layers):
+        m = tr[pos]
+        k = int(m.sum())
+        for a in layers:
+            v = acts[a]
+            v = v.cpu().numpy() if hasattr(v, "cpu") else np.asarray(v)
+            Xtr, Xte = outs[a]
+            i, j = at[a]
+            np.compress(m, v, axis=0, out=Xtr[i : i + k])
+            np.compress(~m, v, axis=0, out=Xte[j : j + len(v) - k])
+            at[a] = [i + k, j + len(v) - k]
+    for a in layers:
+        standardise(*outs[a], name=f"{feats.label}: {state}/{a}", inplace=True)
 
 
 def groups(items: list[dict], n: int) -> list[list[dict]]:

@@ -22,8 +22,8 @@ Definitions
   O(n_train) instead of O(d) per clip, after computing K once per feature (shared by every task and seed,
   and by the least-squares probes; a concatenation of separately standardised blocks has K = sum of the
   blocks' K). At the end ``W = W0 + A Z`` is formed explicitly (returned, and used for the test clips). The
-  form with fewer estimated multiply-adds runs (:func:`logistic_costs`); both give the same probes up to
-  float32 rounding (tests compare them).
+  form with fewer estimated multiply-adds runs (:func:`~deepfeat.probe.plan.logistic_costs`); both give the same
+  probes up to float32 rounding (tests compare them).
 
 The functions taking a ``params`` dict read the ``probe`` config section from it (``epochs``, ``lr``,
 ``momentum``, ``batch_size``, ``device``): missing keys take the schema's defaults, unknown keys are an error
@@ -41,12 +41,13 @@ import numpy as np
 import torch
 
 from deepfeat import config
-from deepfeat.probe.standardisation import CHUNK_BYTES, GRAM_BYTES, gram_matrix, standardise
+from deepfeat.probe.plan import _costs
+from deepfeat.probe.rows import ResidentRows, Rows
+from deepfeat.probe.standardisation import CHUNK_BYTES, GramAccumulator, standardise
 from deepfeat.runtime import pick_device
 
 PROGRESS_SECONDS = 30.0  # epoch progress lines at most this often during long trainings
-SGD_KEYS = ("epochs", "lr", "momentum", "batch_size", "device")  # the probe settings the SGD probes read
-COST_KEYS = ("epochs", "batch_size")  # ... and the cost estimate
+SGD_KEYS = ("epochs", "lr", "momentum", "batch_size", "device", "memory_mb")  # the probe settings the SGD probes read
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,7 +223,9 @@ def _check_finite(W: torch.Tensor, label: str, lr: float) -> None:
 
 
 def _train_primal(
-    XF: torch.Tensor,
+    gather,
+    shape: tuple[int, int, int],
+    dev,
     Ytr: np.ndarray,
     n_classes: Sequence[int],
     seeds: Sequence[int],
@@ -232,15 +235,15 @@ def _train_primal(
     log: logging.Logger | None = None,
     label: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SGD on W for F x S x K probes at once. XF (F, n, d): standardised training features; Ytr (K, n) codes.
+    """SGD on W for F x S x K probes at once. ``gather(idx)``: the standardised training rows ``idx`` (S*B,
+    seed-major) of the F features, (F, S*B, d), held or computed on the fly; ``shape`` (F, n, d); Ytr (K, n).
 
     Layout (chosen for speed on CPU, measured in bench/bench_probe.py): probe block j = f * S + s; weights
     Wt (F*S, K*Cmax, d) (nn.Linear's C x d per task), logits computed transposed (F*S, K*Cmax, B) so the
     softmax over the small class axis runs vectorised along the batch. Returns (Wt, bt (F*S, K*Cmax, 1)).
     """
-    F, n, d = XF.shape
+    F, n, d = shape
     K, S, cmax = len(n_classes), len(seeds), max(n_classes)
-    dev = XF.device
     mask, onehot, bt, vb, lr, mu = _sgd_state(Ytr, n_classes, b0, F, hp, dev)
     Wt = W0.repeat(F, 1, 1)  # block f*S+s starts from seed s's initial weights
     vW = torch.zeros_like(Wt)
@@ -248,7 +251,7 @@ def _train_primal(
     def step(ib):
         B = ib.shape[1]
         idx = ib.reshape(-1).to(dev)  # (S*B,) seed-major
-        Xb = XF.index_select(1, idx).view(F * S, B, d)  # rows of probe block f*S+s
+        Xb = gather(idx).view(F * S, B, d)  # rows of probe block f*S+s
         G = _logit_grad(torch.baddbmm(bt, Wt, Xb.transpose(1, 2)), onehot, idx, mask, F, S, K, cmax, B)
         vW.mul_(mu).add_(torch.bmm(G, Xb))
         _steps(G, Wt, vW, bt, vb, lr, mu)
@@ -310,11 +313,9 @@ def _argmax_codes(z: torch.Tensor, n_classes: Sequence[int], S: int, mask) -> to
 
 
 @torch.no_grad()
-def _predict_group(
-    Xs: list[torch.Tensor], Wt: torch.Tensor, bt: torch.Tensor, n_classes: Sequence[int], S: int
-) -> np.ndarray:
-    """Arg-max class codes (S, F, K, n) of every probe on the F (n, d) feature matrices Xs."""
-    F, (n, d) = len(Xs), Xs[0].shape
+def _predict_group(Xs: list[Rows], Wt: torch.Tensor, bt: torch.Tensor, n_classes: Sequence[int], S: int) -> np.ndarray:
+    """Arg-max class codes (S, F, K, n) of every probe on the rows of the F features Xs (one pass each)."""
+    F, n, d = len(Xs), Xs[0].n, Xs[0].d
     K, cmax = len(n_classes), max(n_classes)
     mask = _class_mask(n_classes, Xs[0].device)
     mask = None if mask is None else mask[..., 0]
@@ -323,9 +324,9 @@ def _predict_group(
     b = bt.view(F, S * K * cmax)
     step = max(1, CHUNK_BYTES // (4 * max(d, S * K * cmax)))
     for f in range(F):
-        for i in range(0, n, step):
-            z = torch.addmm(b[f], Xs[f][i : i + step], W[f].T)
-            out[:, f, :, i : i + step] = _argmax_codes(z, n_classes, S, mask).cpu()
+        for pos, x in Xs[f].blocks(step):
+            z = torch.addmm(b[f], x, W[f].T)
+            out[:, f, :, pos] = _argmax_codes(z, n_classes, S, mask).cpu()
     return out.numpy()
 
 
@@ -336,57 +337,64 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Choosing the form; fitting
+# Fitting (the form by estimated cost: deepfeat.probe.plan.logistic_costs)
 # ----------------------------------------------------------------------------------------------------------
-def logistic_costs(
-    n_train: int,
-    n_test: int,
-    d: int,
-    n_classes: Sequence[int],
-    n_seeds: int,
-    params: dict | None,
-    gram_columns: int | None = None,
-) -> dict:
-    """Estimated multiply-adds of training and evaluating one feature's S x K logistic probes in each form.
-
-    With R = S * K * Cmax weight rows (padded), E epochs, b = ceil(n_train / batch) batches per epoch:
-    * ``primal`` = 3 E n_train d R (forward, gradient, gather and update traffic) + R (n_train + n_test) d;
-    * ``dual`` = ``gram`` + R d (2 n_train + n_test) (initial logits W0 Z', final W = W0 + A Z, test logits)
-      + E R n_train^2 (batch logits A K_b) + 3 E b R n_train (velocity and A updates);
-    * ``gram`` = n_train (n_train + 1) / 2 x ``gram_columns`` (the columns whose K still has to be computed:
-      d by default, 0 when K is given, the new block's width when a concatenation reuses a block's K).
-    ``form`` is the cheaper one, except that the dual needs an n_train x n_train matrix: only when its float64
-    size fits ``GRAM_BYTES`` (n_train <= ~16,000). ``params``: the probe settings (``epochs``, ``batch_size``).
-    """
-    hp = config.settings("probe", params, COST_KEYS)
-    return _costs(n_train, n_test, d, n_classes, n_seeds, hp, gram_columns)
-
-
-def _costs(
-    n_train: int, n_test: int, d: int, n_classes: Sequence[int], n_seeds: int, hp: dict, gram_columns: int | None
-) -> dict:
-    """:func:`logistic_costs` with resolved settings ``hp``."""
-    E, R = int(hp["epochs"]), n_seeds * len(n_classes) * max(n_classes)
-    batches = math.ceil(n_train / int(hp["batch_size"]))
-    g = n_train * (n_train + 1) / 2 * (d if gram_columns is None else gram_columns)
-    primal = 3.0 * E * n_train * d * R + R * (n_train + n_test) * d
-    dual = g + R * d * (2 * n_train + n_test) + E * R * n_train**2 + 3.0 * E * batches * R * n_train
-    fits = 8 * n_train**2 <= GRAM_BYTES
-    return {"primal": primal, "dual": dual, "gram": g, "form": "dual" if fits and dual < primal else "primal"}
-
-
 def _fit_primal(
-    Ztr: list[torch.Tensor], Ytr: np.ndarray, n_classes: list[int], seeds: list[int], W0, b0, hp: dict, log, label: str
+    Ztr: list[Rows], Ytr: np.ndarray, n_classes: list[int], seeds: list[int], W0, b0, hp: dict, log, label: str
 ):
-    """Primal form: (weights (F*S, K*Cmax, d), biases (F*S, K*Cmax, 1), training codes (S, F, K, n_train))."""
-    XF = Ztr[0].unsqueeze(0) if len(Ztr) == 1 else torch.stack(Ztr)
-    Wt, bt = _train_primal(XF, Ytr, n_classes, seeds, W0, b0, hp, log, label)
-    del XF
+    """Primal form: (weights (F*S, K*Cmax, d), biases (F*S, K*Cmax, 1), training codes (S, F, K, n_train)).
+    Held rows are gathered from one (F, n, d) stack; rows computed on demand (one feature) batch by batch."""
+    F, n, d, dev = len(Ztr), Ztr[0].n, Ztr[0].d, Ztr[0].device
+    if all(z.resident for z in Ztr):
+        stack = Ztr[0].Z.unsqueeze(0) if F == 1 else torch.stack([z.Z for z in Ztr])
+        gather = stack.index_select
+        Wt, bt = _train_primal(
+            lambda idx: gather(1, idx), (F, n, d), dev, Ytr, n_classes, seeds, W0, b0, hp, log, label
+        )
+        del stack, gather
+    elif F == 1:
+        take = Ztr[0].take
+        Wt, bt = _train_primal(
+            lambda idx: take(idx).unsqueeze(0), (F, n, d), dev, Ytr, n_classes, seeds, W0, b0, hp, log, label
+        )
+    else:
+        raise ValueError(f"{label}: features computed on demand are trained one at a time, got {F}")
     return Wt, bt, _predict_group(Ztr, Wt, bt, n_classes, len(seeds))
 
 
+def _initial_logits(Ztr: list[Rows], W0l: torch.Tensor, grams, gram_width: int | None):
+    """(P0 (F, live rows, n_train) = W0 Z' of the live class rows, float32 Gram matrices (F, n, n)).
+
+    Without ``grams`` every feature's Gram matrix is summed over column groups of ``gram_width`` columns (all of
+    them by default; one pass over the rows each when they are computed on demand) and P0 in the same groups;
+    with ``grams`` P0 takes one pass over row blocks."""
+    F, n, d, dev = len(Ztr), Ztr[0].n, Ztr[0].d, Ztr[0].device
+    P0 = torch.zeros(F, W0l.shape[0], n, device=dev)
+    out = []
+    for f, z in enumerate(Ztr):
+        if grams is None:
+            acc = GramAccumulator(n, torch.float32, dev)
+            for a, Zg in z.column_groups(gram_width or d):
+                acc.add(Zg)
+                P0[f] += W0l[:, a : a + Zg.shape[1]] @ Zg.T
+            out.append(acc.result())
+        else:
+            for pos, Zb in z.blocks():
+                P0[f][:, pos] = W0l @ Zb.T
+    KF = torch.stack(grams if grams is not None else out) if F > 1 else (grams or out)[0].unsqueeze(0)
+    return P0, KF
+
+
+def _final_weights(Zf: Rows, W0l: torch.Tensor, A_live: torch.Tensor) -> torch.Tensor:
+    """``W0 + A Z`` of the live class rows, summed over row blocks (one pass when computed on demand)."""
+    W = None
+    for pos, Zb in Zf.blocks():
+        W = torch.addmm(W0l if W is None else W, A_live[:, pos], Zb)
+    return W
+
+
 def _fit_dual(
-    Ztr: list[torch.Tensor],
+    Ztr: list[Rows],
     grams: list[torch.Tensor] | None,
     Ytr: np.ndarray,
     n_classes: list[int],
@@ -396,23 +404,24 @@ def _fit_dual(
     hp: dict,
     log,
     label: str,
+    gram_width: int | None = None,
 ):
     """Dual form (module doc), the training Gram matrices given or computed here (float32): the same outputs as
     :func:`_fit_primal`, with ``W = W0 + A Z`` formed explicitly and the training logits ``W0 Z' + A K + b``."""
-    F, (n_tr, d) = len(Ztr), Ztr[0].shape
+    F, n_tr, d = len(Ztr), Ztr[0].n, Ztr[0].d
     S, K, cmax = len(seeds), len(n_classes), max(n_classes)
     dev = Ztr[0].device
-    KF = torch.stack(grams if grams is not None else [gram_matrix(z, torch.float32, dev) for z in Ztr])
     live = _live_rows(n_classes, S, dev)  # padded class rows of W0 and A stay zero: skip them
     W0l = W0.view(S * K * cmax, d).index_select(0, live)
+    P0l, KF = _initial_logits(Ztr, W0l, grams, gram_width)
     P0 = torch.zeros(F, S * K * cmax, n_tr, device=dev)
-    for f in range(F):
-        P0[f, live] = W0l @ Ztr[f].T
+    P0[:, live] = P0l
+    del P0l
     A, bt = _train_dual(KF, P0.view(F * S, K * cmax, n_tr), b0, Ytr, n_classes, seeds, hp, log, label)
     A = A.view(F, S * K * cmax, n_tr)
     Wt = W0.view(1, S * K * cmax, d).repeat(F, 1, 1)
     for f in range(F):
-        Wt[f, live] = torch.addmm(W0l, A[f].index_select(0, live), Ztr[f])
+        Wt[f, live] = _final_weights(Ztr[f], W0l, A[f].index_select(0, live))
     mask = _class_mask(n_classes, dev)
     ztr = torch.baddbmm(P0 + bt.view(F, S * K * cmax, 1), A, KF)  # (F, S*K*Cmax, n_tr) training logits
     ptr = (
@@ -449,12 +458,12 @@ def fit_logistic_many(
     class counts; ``seeds``: S probe seeds; ``params``: the probe settings (``epochs``, ``lr``, ``momentum``,
     ``batch_size``, and ``device`` unless ``device`` is given). ``form``: 'primal' (SGD on W), 'dual' (the
     same SGD on A with W = W0 + A Z, module doc) or 'auto' (the one with fewer estimated multiply-adds,
-    :func:`logistic_costs`); ``gram``: optional training Gram matrices ``Ztr Ztr'`` of the F features
-    ((n_tr, n_tr) each, any float dtype; reused by the dual form instead of computing them).
+    :func:`~deepfeat.probe.plan.logistic_costs`); ``gram``: optional training Gram matrices ``Ztr Ztr'`` of the F
+    features ((n_tr, n_tr) each, any float dtype; reused by the dual form instead of computing them).
     Returns arrays indexed [s, f, k]: ``train_acc``, ``test_acc`` (fractions), ``pred_test`` (S, F, K,
     n_test), ``confusion`` (nested list [s][f][k] of C_k x C_k), ``weight`` (S, F, K, Cmax, d) and ``bias``
     (S, F, K, Cmax) (task k uses the first C_k rows), ``form`` (the one that ran), ``costs``
-    (:func:`logistic_costs`) and ``seconds`` (wall time of the whole batch).
+    (:func:`~deepfeat.probe.plan.logistic_costs`) and ``seconds`` (wall time of the whole batch).
     """
     hp = config.settings("probe", params, SGD_KEYS)
     n_classes = [int(c) for c in n_classes]
@@ -474,16 +483,55 @@ def fit_logistic_many(
         raise ValueError(f"{label}: no training clips")
     Ytr = _as_labels(Ytr, n_tr, n_classes, f"{label} (train labels)")
     Yte = _as_labels(Yte, Zte[0].shape[0], n_classes, f"{label} (test labels)")
+    grams = None if gram is None else _as_grams(gram, F, n_tr, dev)
+    r = fit_logistic_rows(
+        [ResidentRows(z) for z in Ztr],
+        Ytr,
+        [ResidentRows(z) for z in Zte],
+        Yte,
+        n_classes,
+        seeds,
+        hp,
+        log=log,
+        label=label,
+        form=form,
+        gram=grams,
+    )
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
+def fit_logistic_rows(
+    Ztr: list[Rows],
+    Ytr: np.ndarray,
+    Zte: list[Rows],
+    Yte: np.ndarray,
+    n_classes: list[int],
+    seeds: Sequence[int],
+    hp: dict,
+    *,
+    log: logging.Logger | None = None,
+    label: str = "probes",
+    form: str = "auto",
+    gram: list[torch.Tensor] | None = None,
+    gram_width: int | None = None,
+) -> dict:
+    """:func:`fit_logistic_many` on :class:`~deepfeat.probe.rows.Rows` of F features (held in memory, or one
+    feature computed on demand: batches gathered on the fly in the primal form, the Gram matrix summed over
+    column groups of ``gram_width`` columns in the dual). ``Ytr``/``Yte``: checked (K, n) int64 codes; ``hp``:
+    resolved settings (:data:`SGD_KEYS`); ``gram``: float32 training Gram matrices on the device, or None."""
+    t0 = time.perf_counter()
+    F, n_tr, d = len(Ztr), Ztr[0].n, Ztr[0].d
     seeds = [int(s) for s in seeds]
     S, K, cmax = len(seeds), len(n_classes), max(n_classes)
-    grams = None if gram is None else _as_grams(gram, F, n_tr, dev)
-    costs = _costs(n_tr, Zte[0].shape[0], d, n_classes, S, hp, 0 if grams is not None else None)
+    dev = Ztr[0].device
+    costs = _costs(n_tr, Zte[0].n, d, n_classes, S, hp, 0 if gram is not None else None)
     form = costs["form"] if form == "auto" else form
     W0, b0 = _init_weights(d, n_classes, seeds, dev)
     if form == "primal":
         Wt, bt, ptr = _fit_primal(Ztr, Ytr, n_classes, seeds, W0, b0, hp, log, label)
     else:
-        Wt, bt, ptr = _fit_dual(Ztr, grams, Ytr, n_classes, seeds, W0, b0, hp, log, label)
+        Wt, bt, ptr = _fit_dual(Ztr, gram, Ytr, n_classes, seeds, W0, b0, hp, log, label, gram_width)
     pte = _predict_group(Zte, Wt, bt, n_classes, S)
     train_acc = (ptr == Ytr[None, None]).mean(-1)
     test_acc = (pte == Yte[None, None]).mean(-1) if Yte.shape[1] else np.full(pte.shape[:3], np.nan)

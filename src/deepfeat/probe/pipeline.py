@@ -1,23 +1,29 @@
-"""The probe jobs: how well a feature (hand-crafted or a frozen CNN layer) decodes each task of a dataset.
+"""The probe jobs: how well a feature (hand-crafted or a CNN layer) decodes each task of a dataset.
 
 * :func:`probe_handcrafted`: every hand-crafted feature x every task x the probe seeds (``probe.seeds``;
   regression is deterministic, so it has no probe seed).
-* :func:`probe_deep`: every layer of one model file, trained and untrained, on every task with the probe seed
-  equal to the model seed, plus the trained ``conv3`` concatenated with each ``probe.concat_features``
-  hand-crafted feature on the main task (each block standardised separately, columns concatenated).
+* :func:`probe_deep`: every layer of one model, trained and untrained, computed batch by batch from the model
+  file and mel.h5 (:class:`deepfeat.nets.features.ModelFeatures`; or read from an exported deep-feature file),
+  on every task with ONE probe seed for every model seed (the first of ``probe.seeds``: the same initial weights
+  and batch order for the five network seeds of an architecture, as the method does, so the spread over
+  network seeds holds no probe-initialisation variance), plus the trained ``conv3`` concatenated with each
+  ``probe.concat_features`` hand-crafted feature on the main task (each block standardised separately, columns
+  concatenated).
 
-Features of equal width are probed as one batched model (:func:`deepfeat.probe.logistic.fit_logistic_many`);
-the training Gram matrix of a feature is computed once when a dual form needs it and shared by its logistic
-and regression probes (and, for conv3, by its concatenations: the Gram matrix of separately standardised
-blocks is the sum of the blocks' ones). Tables follow docs/formats.md (:mod:`deepfeat.probe.tables`).
+Every feature is probed by its plan (:mod:`deepfeat.probe.plan`, logged): held in memory when it fits
+``probe.memory_mb`` (features of equal width batched as one model, :func:`deepfeat.probe.logistic
+.fit_logistic_many`; the layers held together computed in one forward pass per weight state), else computed on
+demand. The training Gram matrix of a held feature is computed once when a dual form needs it and shared by its
+logistic and regression probes (and, for conv3, by its concatenations: the Gram matrix of separately
+standardised blocks is the sum of the blocks' ones). Tables follow docs/formats.md
+(:mod:`deepfeat.probe.tables`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -25,181 +31,30 @@ import torch
 
 from deepfeat import config
 from deepfeat.formats.cliptable import TEST, TRAIN, read_labels
-from deepfeat.formats.deep import STATES, DeepInfo, deep_info
+from deepfeat.formats.deep import STATES, StoredFeatures
 from deepfeat.formats.files import open_h5, write_csv
 from deepfeat.formats.handcrafted import feature_index
-from deepfeat.probe.linear import RIDGE_GRID, fit_linear
-from deepfeat.probe.loading import SlabPool, groups, load_split
-from deepfeat.probe.logistic import fit_logistic_many, logistic_costs
-from deepfeat.probe.standardisation import GRAM_BYTES, gram_matrix
+from deepfeat.probe.linear import RIDGE_GRID
+from deepfeat.probe.loading import SlabPool, fill_layers, groups, load_split
+from deepfeat.probe.plan import Plan, logistic_costs, plan, plan_streamed
+from deepfeat.probe.rows import FLOAT_COST, ConcatSource, DatasetSource, LayerSource, forward_cost
+from deepfeat.probe.runner import Context, run_resident, run_streamed
+from deepfeat.probe.standardisation import gram_matrix
 from deepfeat.probe.tables import ProbeTables
 from deepfeat.runtime import pick_device
 
 CONCAT_LAYER = "conv3"
-FORM = "auto"  # logistic probes of the pipelines: auto (fewer estimated multiply-adds) | primal | dual
+FORM = "auto"  # logistic probes of the jobs: auto (the plan's form, fewer estimated multiply-adds) | primal | dual
 
 
 @dataclass
-class _Context:
-    """What every probe group of one job shares."""
+class _Unit:
+    """One layer of the model, the weight states probed together, and their plan."""
 
-    tables: ProbeTables
-    split: np.ndarray  # (N,) TRAIN / TEST
-    hp: dict  # the job's probe settings
-    dev: torch.device
-    log: logging.Logger
-    pool: SlabPool = field(default_factory=SlabPool)
-
-
-@dataclass
-class _Concat:
-    """The concatenation experiment of one deep file: trained conv3 + each hand-crafted feature, main task."""
-
-    ctx: _Context
-    hf: h5py.File  # the open handcrafted.h5
-    index: dict  # its feature index (display name -> key, d)
-    path: str  # its path (for messages)
-    names: list[str]  # probe.concat_features
-    task: list[dict]  # [the main task]
-    info: DeepInfo  # the deep file
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Probing a group of equal-width standardised features
-# ----------------------------------------------------------------------------------------------------------
-def _gram_plan(
-    d: int, n_tr: int, n_te: int, tasks: list[dict], n_seeds: int, hp: dict, gram_columns: int | None = None
-) -> torch.dtype | None:
-    """The training Gram matrix a group of width ``d`` needs: float64 when a regression probe is a dual ridge
-    (d + 1 >= n_train, float64 sums as in :func:`fit_linear`; the logistic probes then reuse it), float32 when
-    only the logistic probes want it (dual form cheaper, :func:`logistic_costs`), None when neither does."""
-    if any(t["type"] == "regression" for t in tasks) and d + 1 >= n_tr:
-        return torch.float64
-    cls = [len(t["classes"]) for t in tasks if t["type"] == "classification"]
-    if cls and FORM != "primal":
-        if FORM == "dual" or logistic_costs(n_tr, n_te, d, cls, n_seeds, hp, gram_columns)["form"] == "dual":
-            return torch.float32
-    return None
-
-
-def _run_group(
-    ctx: _Context,
-    feats: list[dict],
-    Ztr: list[np.ndarray],
-    Zte: list[np.ndarray],
-    tasks: list[dict],
-    seeds: list[int],
-    grams: list[torch.Tensor] | None = None,
-) -> list[torch.Tensor] | None:
-    """Probe F equal-width standardised features (``feats[i]['keys']`` -> table keys) on the given tasks.
-
-    ``grams``: the features' training Gram matrices when already known; otherwise they are computed here when
-    :func:`_gram_plan` asks for them. Returns the Gram matrices used (None if none).
-    """
-    tr, te = ctx.split == TRAIN, ctx.split == TEST
-    F, d = len(feats), Ztr[0].shape[1]
-    if grams is None:
-        dtype = _gram_plan(d, int(tr.sum()), int(te.sum()), tasks, len(seeds), ctx.hp)
-        if dtype is not None:
-            t0 = time.perf_counter()
-            grams = [gram_matrix(z, dtype, ctx.dev) for z in Ztr]
-            ctx.log.info(
-                f"training Gram matrices ({str(dtype)[6:]}) of {F} feature(s) of width {d} in "
-                f"{time.perf_counter() - t0:.1f} s"
-            )
-    cls = [t for t in tasks if t["type"] == "classification"]
-    if cls:
-        _logistic_probes(ctx, feats, Ztr, Zte, cls, seeds, grams)
-    reg = [t for t in tasks if t["type"] == "regression"]
-    if reg:
-        _linear_probes(ctx, feats, Ztr, Zte, reg, grams)
-    return grams
-
-
-def _logistic_probes(ctx: _Context, feats: list[dict], Ztr, Zte, cls: list[dict], seeds: list[int], grams) -> None:
-    """The classification tasks of :func:`_run_group`: one batched model, scores, confusions, a log line each."""
-    tr, te = ctx.split == TRAIN, ctx.split == TEST
-    F, d = len(feats), Ztr[0].shape[1]
-    n_classes = [len(t["classes"]) for t in cls]
-    label = f"{F} feature(s) of width {d} x {len(cls)} task(s) x {len(seeds)} seed(s)"
-    r = fit_logistic_many(
-        Ztr,
-        np.stack([t["y"][tr] for t in cls]),
-        Zte,
-        np.stack([t["y"][te] for t in cls]),
-        n_classes,
-        seeds,
-        ctx.hp,
-        device=ctx.dev,
-        log=ctx.log,
-        label=label,
-        form=FORM,
-        gram=grams,
-    )
-    per = r["seconds"] / (F * len(cls) * len(seeds))
-    c = r["costs"]
-    ctx.log.info(
-        f"trained {label} = {F * len(cls) * len(seeds)} logistic probes in {r['seconds']:.1f} s, "
-        f"{r['form']} form (estimated multiply-adds per feature: primal {c['primal'] / 1e9:.2f} G, "
-        f"dual {c['dual'] / 1e9:.2f} G{' with the Gram matrix given' if grams is not None else ''})"
-    )
-    for fi, ft in enumerate(feats):
-        for k, t in enumerate(cls):
-            for si, s in enumerate(seeds):
-                keys = ft["keys"](t["name"], s)
-                a_tr, a_te = r["train_acc"][si, fi, k], r["test_acc"][si, fi, k]
-                ctx.tables.add_scores(keys, "accuracy", a_tr, a_te)
-                ctx.tables.add_confusion(keys, t["classes"], r["confusion"][si][fi][k])
-                ctx.log.info(
-                    f"probe {ft['label']} | task {t['name']} | seed {s} | {per:.2f} s (batched) | "
-                    f"accuracy train {a_tr:.4f} test {a_te:.4f} (majority {t['chance']:.4f})"
-                )
-
-
-def _linear_probes(ctx: _Context, feats: list[dict], Ztr, Zte, reg: list[dict], grams) -> None:
-    """The regression tasks of :func:`_run_group`: all tasks of a feature in one fit (the float64 Gram matrix
-    reused when there is one), scores and a log line each."""
-    tr, te = ctx.split == TRAIN, ctx.split == TEST
-    d, n_tr = Ztr[0].shape[1], int(tr.sum())
-    Ytr = np.stack([t["y"][tr] for t in reg], 1)
-    Yte = np.stack([t["y"][te] for t in reg], 1)
-    for fi, ft in enumerate(feats):
-        t0 = time.perf_counter()
-        g = grams[fi] if grams is not None and grams[fi].dtype == torch.float64 else None
-        r = fit_linear(Ztr[fi], Ytr, Zte[fi], Yte, ctx.hp["ridge"], device=ctx.dev, gram=g)  # all tasks at once
-        sec = (time.perf_counter() - t0) / len(reg)
-        for k, t in enumerate(reg):
-            ctx.tables.add_scores(ft["keys"](t["name"], ""), "rmse", r["train_rmse"][k], r["test_rmse"][k])
-            ctx.log.info(
-                f"probe {ft['label']} | task {t['name']} | {sec:.2f} s | {_how(r, k, d, n_tr)} | "
-                f"rmse train {r['train_rmse'][k]:.4f} test {r['test_rmse'][k]:.4f}"
-            )
-
-
-def _how(r: dict, k: int, d: int, n_tr: int) -> str:
-    """How regression target ``k`` of the :func:`fit_linear` result ``r`` was fitted (for its log line)."""
-    if r["method"] == "ols":
-        return "OLS"
-    if r["method"] != "ridge_loo":
-        return f"{d} features >= {n_tr} - 1 training clips: dual ridge, penalty {r['ridge_used']:.4g}"
-    rel = r["ridge_rel"][k]
-    edge = " (grid edge)" if rel in (RIDGE_GRID[0], RIDGE_GRID[-1]) else ""
-    return (
-        f"{d} features, {n_tr} training clips: {r['form']} ridge, penalty {r['ridge_used'][k]:.4g} = "
-        f"{rel:.3g}{edge} x trace(K)/n by leave-one-out (LOO rmse {math.sqrt(r['loo_mse'][:, k].min()):.4f})"
-    )
-
-
-def _load_group(ctx: _Context, sources: list[tuple[h5py.Dataset, str]]) -> tuple[list, list]:
-    """Read and standardise the (N x d) datasets of one group into the pool's slabs: (Ztr, Zte) lists.
-    ``sources``: (dataset, name for messages) per feature."""
-    n, n_tr = len(ctx.split), int((ctx.split == TRAIN).sum())
-    Ztr, Zte = [], []
-    for i, (ds, what) in enumerate(sources):
-        a, b = load_split(ds, ctx.split, what, ctx.pool.pair(i, n_tr, n - n_tr, int(ds.shape[1])))
-        Ztr.append(a)
-        Zte.append(b)
-    return Ztr, Zte
+    layer: str
+    states: tuple[str, ...]
+    plan: Plan
+    cost: float  # multiply-adds of one clip's row
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,16 +74,21 @@ def _labels(mel) -> tuple[np.ndarray, list[dict], str]:
 
 def _ridge_note(hp: dict) -> str:
     """How the regression probes set their penalty (one log line per run)."""
+    cap = (
+        f"the Gram form beyond probe.dual_max_clips = {hp['dual_max_clips']} training clips, or the covariance form "
+        f"of a feature wider than probe.covariance_max_width = {hp['covariance_max_width']}: fitted on a seeded "
+        f"subset of {hp['dual_max_clips']} training clips"
+    )
     if hp["ridge"] != "auto":
         return (
             f"regression probes: OLS when features + 1 < training clips, else dual ridge with penalty "
-            f"{hp['ridge']:g} x trace(K)/n"
+            f"{hp['ridge']:g} x trace(K)/n; {cap}"
         )
     return (
         f"regression probes: ridge for every width, penalty per task by exact leave-one-out on the training "
         f"split over lam / (trace(K)/n) in {np.array2string(RIDGE_GRID, precision=3, max_line_width=10**4)} "
-        f"({len(RIDGE_GRID)} values, one eigendecomposition of the n_train x n_train Gram matrix K; the p x p "
-        f"covariance instead when n_train x n_train float64 exceeds {GRAM_BYTES / 2**30:g} GiB and p < n_train)"
+        f"({len(RIDGE_GRID)} values, one eigendecomposition: of the width x width covariance when the feature is "
+        f"narrower than the training split, else of the n_train x n_train Gram matrix K); {cap}"
     )
 
 
@@ -240,10 +100,36 @@ def _write(frames, scores, confusion, log: logging.Logger):
     return frames
 
 
+def _load_group(ctx: Context, sources: list[tuple[h5py.Dataset, str]]) -> tuple[list, list]:
+    """Read and standardise the (N x d) datasets of one group into the pool's slabs: (Ztr, Zte) lists.
+    ``sources``: (dataset, name for messages) per feature."""
+    n, n_tr = len(ctx.split), len(ctx.tr)
+    Ztr, Zte = [], []
+    for i, (ds, what) in enumerate(sources):
+        a, b = load_split(ds, ctx.split, what, ctx.pool.pair(i, n_tr, n - n_tr, int(ds.shape[1])))
+        Ztr.append(a)
+        Zte.append(b)
+    return Ztr, Zte
+
+
+def _batches(ctx: Context, items: list, w):
+    """(items, plan) batches of equal-width items: all of them held together when they fit, else one by one."""
+    whole = plan(w, ctx.hp, F=len(items)) if len(items) > 1 else None
+    if whole is not None:
+        return [(items, whole)]
+    single = plan(w, ctx.hp)
+    return [([it], single) for it in items]
+
+
 # ----------------------------------------------------------------------------------------------------------
-# The jobs
+# Hand-crafted features
 # ----------------------------------------------------------------------------------------------------------
-@config.job(reads={"probe": ("epochs", "lr", "momentum", "batch_size", "seeds", "ridge")}, tunes={"probe": ("device",)})
+@config.job(
+    reads={
+        "probe": ("epochs", "lr", "momentum", "batch_size", "seeds", "ridge", "dual_max_clips", "covariance_max_width")
+    },
+    tunes={"probe": ("device", "memory_mb")},
+)
 def probe_handcrafted(*, features, mel, scores, confusion, settings, dataset: str, log: logging.Logger | None = None):
     """Every hand-crafted feature of ``features`` (handcrafted.h5) x every task of ``mel`` (mel.h5) x the probe
     seeds (classification; regression is deterministic). Writes the tidy ``scores`` and ``confusion`` CSVs
@@ -252,147 +138,303 @@ def probe_handcrafted(*, features, mel, scores, confusion, settings, dataset: st
     hp = settings["probe"]
     seeds = [int(s) for s in hp["seeds"]]  # distinct: the schema's uniqueItems
     split, tasks, _ = _labels(mel)
-    ctx = _Context(ProbeTables(dataset), split, hp, pick_device(hp["device"]), log)
-    n, n_tr = len(split), int((split == TRAIN).sum())
+    ctx = Context(ProbeTables(dataset), split, hp, pick_device(hp["device"]), log, FORM)
+    n, n_tr = len(split), len(ctx.tr)
     t0 = time.perf_counter()
     with open_h5(features, "handcrafted") as f:
         index = feature_index(f, features, n)
         log.info(
             f"{dataset}: {len(index)} hand-crafted features, {n} clips ({n_tr} train, {n - n_tr} test), "
-            f"tasks {[t['name'] for t in tasks]}, seeds {seeds}, {hp['epochs']} epochs, device {ctx.dev}"
+            f"tasks {[t['name'] for t in tasks]}, seeds {seeds}, {hp['epochs']} epochs, device {ctx.dev}, "
+            f"memory budget {hp['memory_mb']:g} MB"
         )
         if any(t["type"] == "regression" for t in tasks):
             log.info(_ridge_note(hp))
         items = [{"name": name, **v} for name, v in index.items()]
         for group in groups(items, n):
-            Ztr, Zte = _load_group(
-                ctx, [(f["features"][it["key"]], f"{features}: features/{it['key']}") for it in group]
-            )
-            feats = [
-                {"label": it["name"], "keys": lambda task, s, name=it["name"]: ctx.tables.keys(name, task, s)}
-                for it in group
-            ]
-            _run_group(ctx, feats, Ztr, Zte, tasks, seeds)
+            d = group[0]["d"]
+            w = ctx.work(d, tasks, seeds, FLOAT_COST * d)
+            for batch, p in _batches(ctx, group, w):
+                _handcrafted_batch(ctx, f, str(features), batch, p, tasks, seeds)
     log.info(f"{dataset}: hand-crafted probes done in {time.perf_counter() - t0:.1f} s")
     return _write(ctx.tables.frames(list(index), [t["name"] for t in tasks]), scores, confusion, log)
 
 
+def _handcrafted_batch(ctx: Context, f, path: str, batch: list[dict], p: Plan, tasks, seeds) -> None:
+    """Probe a batch of equal-width hand-crafted features by its plan."""
+    feats = [
+        {"label": it["name"], "keys": lambda task, s, name=it["name"]: ctx.tables.keys(name, task, s)} for it in batch
+    ]
+    what = [f"{path}: features/{it['key']}" for it in batch]
+    ctx.log.info(f"{len(batch)} feature(s) of width {batch[0]['d']} ({batch[0]['name']}, ...): {p.describe()}")
+    if p.mode == "resident":
+        Ztr, Zte = _load_group(ctx, [(f["features"][it["key"]], w) for it, w in zip(batch, what)])
+        run_resident(ctx, feats, Ztr, Zte, tasks, seeds, p)
+    else:
+        run_streamed(ctx, feats[0], DatasetSource(f["features"][batch[0]["key"]], what[0], ctx.dev), tasks, seeds, p)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deep features
+# ----------------------------------------------------------------------------------------------------------
 @config.job(
-    reads={"probe": ("epochs", "lr", "momentum", "batch_size", "ridge", "concat_features")},
-    tunes={"probe": ("device",)},
+    reads={
+        "probe": (
+            "epochs",
+            "lr",
+            "momentum",
+            "batch_size",
+            "seeds",
+            "ridge",
+            "dual_max_clips",
+            "covariance_max_width",
+            "concat_features",
+        ),
+        "deep": ("layers", "point", "average_channels"),
+    },
+    tunes={"probe": ("device", "memory_mb"), "deep": ("batch_size",)},
 )
-def probe_deep(*, deep, features, mel, scores, confusion, settings, dataset: str, log: logging.Logger | None = None):
-    """Probe one model file ``deep``: every layer, trained and untrained, on EVERY task (probe seed = model seed),
-    plus trained ``conv3`` concatenated with each ``probe.concat_features`` hand-crafted feature of ``features``
-    on the main task. Writes the tidy ``scores`` and ``confusion`` CSVs (docs/formats.md) and returns them as
+def probe_deep(
+    *, model, features, mel, scores, confusion, settings, dataset: str, deep=None, log: logging.Logger | None = None
+):
+    """Probe one model: every layer of ``deep.layers``, trained and untrained, on EVERY task (probe seed: the
+    first of ``probe.seeds``, whatever the model seed), plus trained ``conv3`` concatenated with each
+    ``probe.concat_features`` hand-crafted feature of ``features`` on the main task. The layers are computed from
+    ``model`` and ``mel`` (mel.h5) batch by batch on ``probe.device``, or read from the exported deep-feature file
+    ``deep`` when given. Writes the tidy ``scores`` and ``confusion`` CSVs (docs/formats.md) and returns them as
     (scores, confusion) DataFrames."""
     log = log or logging.getLogger(__name__)
-    hp = settings["probe"]
+    hp, dp = settings["probe"], settings["deep"]
     split, tasks, main = _labels(mel)
-    ctx = _Context(ProbeTables(dataset), split, hp, pick_device(hp["device"]), log)
-    n, n_tr = len(split), int((split == TRAIN).sum())
+    n, dev = len(split), pick_device(hp["device"])
     main_task = [t for t in tasks if t["name"] == main]
     if not main_task or main_task[0]["type"] != "classification":
         raise ValueError(f"{mel}: main task {main!r} is not a classification task of the clip table")
     t0 = time.perf_counter()
-    with open_h5(deep, "deep") as f, open_h5(features, "handcrafted") as hf:
-        info = deep_info(f, deep, n)
-        cc = _Concat(
-            ctx, hf, feature_index(hf, features, n), str(features), list(hp["concat_features"]), main_task, info
-        )
-        _check_concat(cc)
+    with _open_layers(model, mel, deep, dp, dev, n) as feats, open_h5(features, "handcrafted") as hf:
+        seeds = [int(hp["seeds"][0])]  # one probe seed for every model seed (and the regression subsets' seed)
+        ctx = Context(ProbeTables(dataset), split, {**hp, "seeds": seeds}, dev, log, FORM)
+        n_tr = len(ctx.tr)
+        names = list(hp["concat_features"])
+        index = feature_index(hf, features, n)
+        _check_concat(names, index, str(features), feats)
         log.info(
-            f"{dataset}: {info.arch} seed {info.seed} trained on {info.task}: layers {list(info.layers)}, "
-            f"{n} clips ({n_tr} train), probe tasks {[t['name'] for t in tasks]}, {hp['epochs']} epochs, "
-            f"device {ctx.dev}"
+            f"{dataset}: {feats.arch} seed {feats.seed} trained on {feats.task}: layers {list(feats.layers)} "
+            f"{'read from ' + str(deep) if deep else 'computed from ' + str(model)}, {n} clips ({n_tr} train), "
+            f"probe tasks {[t['name'] for t in tasks]}, {hp['epochs']} epochs, device {ctx.dev}, memory budget "
+            f"{hp['memory_mb']:g} MB"
         )
         if any(t["type"] == "regression" for t in tasks):
             log.info(_ridge_note(hp))
-        for layer in info.layers:
-            conv3 = _probe_layer(ctx, f, info, layer, tasks)
-            if conv3 is not None and cc.names:
-                _run_concat(cc, conv3)
-            del conv3
-    log.info(f"{dataset}: deep probes of {info.arch} seed {info.seed} done in {time.perf_counter() - t0:.1f} s")
-    order = [f"{info.arch} {layer}" for layer in info.layers] + [f"{info.arch} {CONCAT_LAYER} + {c}" for c in cc.names]
+        units = _units(ctx, feats, tasks, seeds)
+        conv3 = _probe_units(ctx, feats, units, tasks, seeds, keep=bool(names))
+        if names:
+            _run_concat(ctx, feats, hf, index, str(features), names, main_task, conv3)
+    log.info(f"{dataset}: deep probes of {feats.arch} seed {feats.seed} done in {time.perf_counter() - t0:.1f} s")
+    order = [f"{feats.arch} {layer}" for layer in feats.layers] + [f"{feats.arch} {CONCAT_LAYER} + {c}" for c in names]
     return _write(ctx.tables.frames(order, [t["name"] for t in tasks]), scores, confusion, log)
 
 
-def _check_concat(cc: _Concat) -> None:
-    """The concatenation features exist in handcrafted.h5, and the deep file has the concatenation layer."""
-    missing = [c for c in cc.names if c not in cc.index]
+def _open_layers(model, mel, deep, dp: dict, device, n: int):
+    """The deep features of the job: computed from the model (ModelFeatures) or read from ``deep``, with the
+    ``deep`` settings' layers (and point) checked against an exported file."""
+    if deep is None:
+        from deepfeat.nets.features import ModelFeatures
+
+        if model is None:
+            raise ValueError("probe_deep: give the model file (model) or an exported deep-feature file (deep)")
+
+        return ModelFeatures(
+            model, mel, dp["layers"], dp["point"], dp["average_channels"], device=device, batch_size=dp["batch_size"]
+        )
+    feats = StoredFeatures(deep, n, batch_size=dp["batch_size"])
+    missing = [a for a in dp["layers"] if a not in feats.layers]
+    if missing or feats.point != dp["point"]:
+        feats.close()
+        raise ValueError(
+            f"{deep}: holds layers {list(feats.layers)} at the {feats.point!r} point; deep.layers asks for "
+            f"{list(dp['layers'])} at {dp['point']!r}"
+        )
+    feats.layers = tuple(dp["layers"])
+    return feats
+
+
+def _check_concat(names: list[str], index: dict, path: str, feats) -> None:
+    """The concatenation features exist in handcrafted.h5, and the model has the concatenation layer."""
+    missing = [c for c in names if c not in index]
     if missing:
         raise ValueError(
-            f"probe.concat_features: {missing} not found in {cc.path}; available display names: {sorted(cc.index)}"
+            f"probe.concat_features: {missing} not found in {path}; available display names: {sorted(index)}"
         )
-    if cc.names and CONCAT_LAYER not in cc.info.layers:
+    if names and CONCAT_LAYER not in feats.layers:
         raise ValueError(
-            f"{cc.info.path}: the concatenation experiment needs layer {CONCAT_LAYER!r}, the file has "
-            f"{list(cc.info.layers)}; add it to deep.layers or set probe.concat_features: []"
+            f"{feats.label}: the concatenation experiment needs layer {CONCAT_LAYER!r}, the layers are "
+            f"{list(feats.layers)}; add it to deep.layers or set probe.concat_features: []"
         )
 
 
-def _probe_layer(ctx: _Context, f: h5py.File, info: DeepInfo, layer: str, tasks: list[dict]):
-    """Probe one layer of the open deep file ``f``, trained and untrained, on every task (probe seed = model
-    seed). Returns (Ztr, Zte, Gram matrix or None) of the trained layer when it is the concatenation layer
-    (its slabs leave the pool), else None."""
-    items = [{"which": which, "d": info.widths[layer]} for which in STATES]
-    keep = None
-    for group in groups(items, len(ctx.split)):
-        Ztr, Zte = _load_group(ctx, [(f[it["which"]][layer], f"{info.path}: {it['which']}/{layer}") for it in group])
-        feats = [
-            {
-                "label": f"{info.arch} {layer} ({it['which']})",
-                "keys": lambda task, s, w=it["which"]: ctx.tables.keys(
-                    f"{info.arch} {layer}", task, s, info.arch, info.seed, layer, w, info.task
-                ),
-            }
-            for it in group
-        ]
-        grams = _run_group(ctx, feats, Ztr, Zte, tasks, [info.seed])
-        for i, it in enumerate(group):
-            if layer == CONCAT_LAYER and it["which"] == "trained":
-                keep = (Ztr[i], Zte[i], None if grams is None else grams[i])
-                ctx.pool.release((i, TRAIN))
-                ctx.pool.release((i, TEST))
+def _keys(ctx: Context, feats, layer: str, state: str) -> dict:
+    return {
+        "label": f"{feats.arch} {layer} ({state})",
+        "keys": lambda task, s: ctx.tables.keys(
+            f"{feats.arch} {layer}", task, s, feats.arch, feats.seed, layer, state, feats.task
+        ),
+    }
+
+
+def _units(ctx: Context, feats, tasks, seeds) -> list[_Unit]:
+    """The plan of every layer: both weight states held together when they fit, else state by state."""
+    units = []
+    for layer in feats.layers:
+        cost = forward_cost(feats, STATES[0], layer)
+        w = ctx.work(feats.widths[layer], tasks, seeds, cost)
+        for states, p in _batches(ctx, list(STATES), w):
+            units.append(_Unit(layer, tuple(states), p, cost))
+            ctx.log.info(f"{feats.arch} {layer} ({' + '.join(states)}), width {w.d}: {p.describe()}")
+    return units
+
+
+def _passes(ctx: Context, units: list[_Unit], reserve: float) -> list[list[_Unit]]:
+    """The held units packed, in order, into forward passes whose rows and largest working set fit the budget
+    (``reserve``: bytes kept aside, e.g. conv3 kept for the concatenations)."""
+    budget = float(ctx.hp["memory_mb"]) * 2**20 - reserve
+    out, cur, rows, work = [], [], 0.0, 0.0
+    for u in units:
+        if u.plan.mode != "resident":
+            continue
+        r = u.plan.rows
+        wk = max(0.0, u.plan.memory - r)
+        if cur and rows + r + max(work, wk) > budget:
+            out.append(cur)
+            cur, rows, work = [], 0.0, 0.0
+        cur.append(u)
+        rows, work = rows + r, max(work, wk)
+    return out + ([cur] if cur else [])
+
+
+def _probe_units(ctx: Context, feats, units: list[_Unit], tasks, seeds, keep: bool):
+    """Probe every unit: the held ones pass by pass (one forward pass per weight state computing all the
+    pass's layers), the others on demand. Returns (Ztr, Zte, Gram or None) of trained conv3 when it was held
+    and ``keep`` (the concatenations reuse it), else None."""
+    conv3_held = any(u.layer == CONCAT_LAYER and "trained" in u.states and u.plan.mode == "resident" for u in units)
+    reserve = 4.0 * len(ctx.split) * feats.widths[CONCAT_LAYER] if keep and conv3_held else 0.0
+    passes = _passes(ctx, units, reserve)
+    kept = None
+    for pi, group in enumerate(passes):
+        if len(passes) > 1:
+            ctx.pool = SlabPool()  # slabs sized for another pass could exceed this one's budget
+        kept = _run_pass(ctx, feats, group, tasks, seeds, keep, pi, len(passes)) or kept
+    for u in units:
+        if u.plan.mode != "resident":
+            src = LayerSource(feats, u.states[0], u.layer, ctx.dev, cost=u.cost)
+            run_streamed(ctx, _keys(ctx, feats, u.layer, u.states[0]), src, tasks, seeds, u.plan)
+    return kept
+
+
+def _run_pass(ctx: Context, feats, group: list[_Unit], tasks, seeds, keep: bool, pi: int, n_passes: int):
+    """One forward pass per weight state filling the pass's layers, then their probes."""
+    n_tr, n_te = len(ctx.tr), len(ctx.te)
+    outs, slots = {}, {}
+    t0 = time.perf_counter()
+    for state in STATES:
+        layers = [u.layer for u in group if state in u.states]
+        if not layers:
+            continue
+        dest = {}
+        for a in layers:
+            slots[state, a] = len(slots)
+            dest[a] = outs[state, a] = ctx.pool.pair(slots[state, a], n_tr, n_te, feats.widths[a])
+        fill_layers(feats, state, layers, ctx.split, dest)
+    mb = sum(x.nbytes + y.nbytes for x, y in outs.values()) / 2**20
+    ctx.log.info(
+        f"pass {pi + 1}/{n_passes}: layers {[u.layer for u in group]} of {len(outs)} (state, layer) pair(s) computed "
+        f"and standardised in {time.perf_counter() - t0:.1f} s, {mb:.0f} MB held"
+    )
+    kept = None
+    for u in group:
+        Ztr = [outs[s, u.layer][0] for s in u.states]
+        Zte = [outs[s, u.layer][1] for s in u.states]
+        concat = keep and u.layer == CONCAT_LAYER and "trained" in u.states
+        fts = [_keys(ctx, feats, u.layer, s) for s in u.states]
+        grams = run_resident(ctx, fts, Ztr, Zte, tasks, seeds, u.plan, consume=not concat)
+        if concat:
+            i = u.states.index("trained")
+            kept = (Ztr[i], Zte[i], None if grams is None else grams[i])
+            ctx.pool.release((slots["trained", u.layer], TRAIN))  # the slabs leave the pool: kept
+            ctx.pool.release((slots["trained", u.layer], TEST))
         del Ztr, Zte, grams
-    return keep
+    return kept
 
 
-def _run_concat(cc: _Concat, conv3) -> None:
-    """Trained conv3 + each hand-crafted feature (each standardised separately, columns concatenated).
+# ----------------------------------------------------------------------------------------------------------
+# conv3 + hand-crafted concatenations
+# ----------------------------------------------------------------------------------------------------------
+def _concat_keys(ctx: Context, feats, name: str) -> dict:
+    label = f"{feats.arch} {CONCAT_LAYER} + {name}"
+    return {
+        "label": label,
+        "keys": lambda task, s: ctx.tables.keys(
+            label, task, s, feats.arch, feats.seed, CONCAT_LAYER, "trained", feats.task
+        ),
+    }
 
-    Blocks standardised separately make the concatenation's Gram matrix the sum of the blocks' ones, so
-    conv3's (computed once, or kept from its own probes) is reused and only the hand-crafted block's is new.
-    """
-    ctx, info = cc.ctx, cc.info
-    c_tr, c_te, K3 = conv3
-    n_tr, n_te, d3 = len(c_tr), len(c_te), c_tr.shape[1]
-    items = [{"name": name, "d": d3 + cc.index[name]["d"]} for name in cc.names]
+
+def _run_concat(ctx: Context, feats, hf, index: dict, path: str, names: list[str], task: list[dict], conv3) -> None:
+    """Trained conv3 + each hand-crafted feature (each standardised separately, columns concatenated), held when
+    they fit (with conv3 held: its Gram matrix reused), else computed on demand."""
+    d3, seeds = feats.widths[CONCAT_LAYER], ctx.hp["seeds"]
+    cost3 = forward_cost(feats, "trained", CONCAT_LAYER)
+    items = [{"name": name, "d": d3 + index[name]["d"]} for name in names]
     for group in groups(items, len(ctx.split)):
         d = group[0]["d"]
-        dtype = _gram_plan(d, n_tr, n_te, cc.task, 1, ctx.hp, gram_columns=d - d3 + (d3 if K3 is None else 0))
-        if dtype is not None and K3 is None:
-            K3 = gram_matrix(c_tr, dtype, ctx.dev)
-        Ztr, Zte, feats, grams = [], [], [], []
-        for i, it in enumerate(group):
-            key = cc.index[it["name"]]["key"]
-            ztr, zte = ctx.pool.pair(i, n_tr, n_te, d)
-            ztr[:, :d3], zte[:, :d3] = c_tr, c_te
-            a, _ = load_split(
-                cc.hf["features"][key], ctx.split, f"{cc.path}: features/{key}", (ztr[:, d3:], zte[:, d3:])
-            )
-            Ztr.append(ztr)
-            Zte.append(zte)
-            if dtype is not None:
-                grams.append(K3 + gram_matrix(a, K3.dtype, ctx.dev))
-            label = f"{info.arch} {CONCAT_LAYER} + {it['name']}"
-            feats.append(
-                {
-                    "label": label,
-                    "keys": lambda task, s, lab=label: ctx.tables.keys(
-                        lab, task, s, info.arch, info.seed, CONCAT_LAYER, "trained", info.task
-                    ),
-                }
-            )
-        _run_group(ctx, feats, Ztr, Zte, cc.task, [info.seed], grams if dtype else None)
+        w = ctx.work(d, task, seeds, cost3 + FLOAT_COST * (d - d3))
+        for batch, p in _batches(ctx, group, w):
+            if p.mode == "resident" and conv3 is not None:
+                what = ", ".join(it["name"] for it in batch)
+                ctx.log.info(f"{feats.arch} {CONCAT_LAYER} + {what}, width {d}: {p.describe()}")
+                _concat_held(ctx, feats, hf, index, path, batch, task, conv3, p)
+                continue
+            for it in batch:
+                key = index[it["name"]]["key"]
+                hc = DatasetSource(hf["features"][key], f"{path}: features/{key}", ctx.dev)
+                src = ConcatSource([LayerSource(feats, "trained", CONCAT_LAYER, ctx.dev, cost=cost3), hc], it["name"])
+                q = p if p.mode != "resident" else plan_streamed(w, ctx.hp)  # conv3 is not held
+                ctx.log.info(f"{feats.arch} {CONCAT_LAYER} + {it['name']}: {q.describe()}")
+                run_streamed(ctx, _concat_keys(ctx, feats, it["name"]), src, task, seeds, q)
+
+
+def _concat_held(ctx: Context, feats, hf, index, path: str, group, task, conv3, p: Plan) -> None:
+    """The concatenations of one width with conv3 held: blocks standardised separately make the
+    concatenation's Gram matrix the sum of the blocks' ones, so conv3's (computed once, or kept from its own
+    probes) is reused and only the hand-crafted block's is new."""
+    c_tr, c_te, K3 = conv3
+    n_tr, n_te, d3 = len(c_tr), len(c_te), c_tr.shape[1]
+    d = group[0]["d"]
+    dual = _concat_dual(ctx, d, d3, n_tr, n_te, task, K3)
+    if dual and K3 is None:
+        K3 = gram_matrix(c_tr, torch.float32, ctx.dev)
+    Ztr, Zte, fts, grams = [], [], [], []
+    for i, it in enumerate(group):
+        key = index[it["name"]]["key"]
+        ztr, zte = ctx.pool.pair(i, n_tr, n_te, d)
+        ztr[:, :d3], zte[:, :d3] = c_tr, c_te
+        a, _ = load_split(hf["features"][key], ctx.split, f"{path}: features/{key}", (ztr[:, d3:], zte[:, d3:]))
+        Ztr.append(ztr)
+        Zte.append(zte)
+        if dual:
+            grams.append(K3 + gram_matrix(a, K3.dtype, ctx.dev))
+        fts.append(_concat_keys(ctx, feats, it["name"]))
+    run_resident(ctx, fts, Ztr, Zte, task, ctx.hp["seeds"], p, grams if dual else None)
+
+
+def _concat_dual(ctx: Context, d: int, d3: int, n_tr: int, n_te: int, task, K3) -> bool:
+    """Whether the concatenations' logistic probes want Gram matrices (the dual form cheaper, counting only the
+    columns whose Gram matrix is new)."""
+    if ctx.form != "auto":
+        return ctx.form == "dual"
+    cols = d - d3 + (d3 if K3 is None else 0)
+    n_classes = [len(t["classes"]) for t in task]
+    return logistic_costs(n_tr, n_te, d, n_classes, 1, ctx.hp, cols)["form"] == "dual"
+
+
+__all__ = ["CONCAT_LAYER", "TRAIN", "probe_deep", "probe_handcrafted"]

@@ -238,7 +238,8 @@ def _q1(d: Doc, main: str) -> None:
     )
     d.p(
         f"Table 1: test accuracy on {main} (%), mean ± sd over seeds (hand-crafted features: probe seeds; deep "
-        "features: network seeds)."
+        "features: network seeds, every one probed from the same probe initialisation, so the sd holds no "
+        "probe-initialisation variance)."
     )
     d.table(table1_markdown(t1))
     ci = int(t1.index[t1["kind"] == "chance"][0])

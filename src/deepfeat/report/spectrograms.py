@@ -96,16 +96,16 @@ def _unit(name: str) -> str:
 def feature_axis(name: str, dim: int, n_mels: int, n_frames: int) -> str | None:
     """'frame' (one value per frame), 'band' (one per mel band) or None, from the display name and size.
 
-    Summaries over frequency (spectral features, RMS, '... (frequency)', '... over frequency') give one value
-    per frame; summaries over time ('... (time)', 'Time to ...', wavelet statistics) one per band. The name
-    decides when n_mels == n_frames (128 x 128 spectrograms)."""
+    Summaries over frequency (spectral features, RMS, '... (frequency)', '... over frequency', '... across bins')
+    give one value per frame; summaries over time ('... (time)', 'Time to ...', wavelet statistics) one per band.
+    The name decides when n_mels == n_frames (128 x 128 spectrograms)."""
     per_frame = (
-        name == "RMS" or name.startswith("Spectral ") or name.endswith("(frequency)") or name.endswith("over frequency")
+        name == "RMS" or name.startswith("Spectral ") or name.endswith(("(frequency)", "over frequency", "across bins"))
     )
     per_band = (
         name.endswith("(time)")
         or name.startswith("Time to")
-        or ("Wavelet (" in name and not name.endswith("over frequency"))
+        or ("Wavelet (" in name and not name.endswith(("over frequency", "across bins")))
     )
     if per_frame and dim == n_frames:
         return "frame"

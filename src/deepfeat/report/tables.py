@@ -11,8 +11,9 @@ Definitions used throughout (every table carries a ``dataset`` column first):
   (detected per file: a file whose accuracies all lie in [0, 1] is a fraction file) or in percent.
   RMSE is in the target's raw units (MIDI pitch, velocity, ...).
 * ``mean`` / ``sd`` are the mean and the sample standard deviation (ddof = 1; NaN for a single value) over
-  seeds, ``n`` the number of seeds. Hand-crafted features: over probe seeds. Deep features: over model seeds,
-  after averaging the probe seeds of each model seed. Networks: over model seeds, the last epoch's test metric.
+  seeds, ``n`` the number of seeds. Hand-crafted features: over probe seeds. Deep features: over model seeds
+  (every model seed is probed with the same probe seed, the first of ``probe.seeds``; older tables with several
+  probe seeds per model seed are averaged per model seed first). Networks: over model seeds, the last epoch's test metric.
   Similarities: over every seed (or seed pair) that shares the other keys.
 * Chance (``chance.csv``): classification = majority-class share of the test split (%); regression = RMSE of
   predicting the training-split mean on the test split.

@@ -2,19 +2,21 @@
 
 The measures (linear CKA, debiased CKA, LR R^2, CCA and SVCCA) are defined in :mod:`deepfeat.similarity.measures`;
 :func:`all_measures` and its one-measure shortcuts compute them for a pair of in-memory arrays. The jobs compare
-the blocks of HDF5 stage files on the training clips through one engine (:mod:`deepfeat.similarity.engine`):
-streamed covariance blocks (feature form, :mod:`~deepfeat.similarity.moments`,
-:mod:`~deepfeat.similarity.feature_form`) or, for wide blocks, the exact Gram form on a seeded subset of clips
-(:mod:`~deepfeat.similarity.gram`, :mod:`~deepfeat.similarity.gram_form`, :mod:`~deepfeat.similarity.gram_space`),
-with bootstrap intervals of CKA (:mod:`~deepfeat.similarity.bootstrap`). Hand-crafted columns are z-scored with
-training statistics first (:mod:`~deepfeat.similarity.reader`).
+blocks of columns on the training clips through one engine (:mod:`deepfeat.similarity.engine`): deep layers computed
+from the model file on the rows each pass needs (or read from an exported deep-feature file) and the features of
+``handcrafted.h5`` (:mod:`~deepfeat.similarity.sources`), as streamed covariance blocks (feature form,
+:mod:`~deepfeat.similarity.moments`, :mod:`~deepfeat.similarity.feature_form`) or, for wide blocks, the exact Gram
+form on a seeded subset of clips (:mod:`~deepfeat.similarity.gram`, :mod:`~deepfeat.similarity.gram_form`,
+:mod:`~deepfeat.similarity.gram_space`, :mod:`~deepfeat.similarity.gram_blocks`), with bootstrap intervals of CKA
+(:mod:`~deepfeat.similarity.bootstrap`), every phase planned within ``memory_mb``. Hand-crafted columns are z-scored
+with training statistics first (:mod:`~deepfeat.similarity.reader`).
 
 Job entry points: :func:`handcrafted_moments` (the hand-crafted self terms, once per dataset; the file format is
-:mod:`deepfeat.formats.moments`), :func:`similarity_deep` (one model: every layer vs every hand-crafted feature,
-trained vs untrained per layer, layer vs layer), :func:`similarity_cross` (seed vs seed and architecture vs
-architecture at the same layer) and :func:`similarity_channels` (channel vs channel CKA of conv1/pool1 on a seeded
-subset of at most ``channel_max_clips`` training clips; channels are written as layer ``conv1/ch3``). Output
-columns: :data:`deepfeat.formats.tables.SIMILARITY_COLUMNS` (docs/formats.md).
+:mod:`deepfeat.formats.moments`), :func:`similarity_deep` (one model file: every layer vs every hand-crafted
+feature, trained vs untrained per layer, layer vs layer), :func:`similarity_cross` (the model files of one training
+task: seed vs seed and architecture vs architecture at the same layer) and :func:`similarity_channels` (channel vs
+channel CKA of conv1/pool1 on a seeded subset of at most ``channel_max_clips`` training clips; channels are written
+as layer ``conv1/ch3``). Output columns: :data:`deepfeat.formats.tables.SIMILARITY_COLUMNS` (docs/formats.md).
 """
 
 from deepfeat.formats.moments import HandcraftedMoments, read_handcrafted_moments, write_handcrafted_moments

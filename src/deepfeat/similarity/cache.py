@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,7 @@ from deepfeat.formats.files import open_h5
 from deepfeat.formats.moments import HandcraftedMoments, LazyMap, write_handcrafted_moments
 from deepfeat.runtime import pick_device
 from deepfeat.similarity.bootstrap import _self_influence
-from deepfeat.similarity.feature_form import _split
+from deepfeat.similarity.feature_form import _split, block_forms
 from deepfeat.similarity.gram import _crossprod, _factor_from_gram, _GramAcc, _LazyFactor
 from deepfeat.similarity.measures import F64, _eigh_desc, _set_dims, _spec_from_cov, _SpecLazyV, canonical
 from deepfeat.similarity.moments import Moments
@@ -49,7 +49,37 @@ class _EngineCache:
     factor: Mapping  # segment -> _Factor on the m Gram rows (loaded on first use)
     train_rows: np.ndarray
     sub_rows: np.ndarray
-    gram_K: Mapping = None  # segment -> its centred m x m Gram, where cached (loaded on first use)
+    gram_K: Mapping = None  # segment -> its centred m x m Gram, where cached (read on each use)
+    forget: Callable = None  # forget(segment): drop what was read of its Gram-subset factor (read again if used)
+
+
+class _Fresh(Mapping):
+    """A read-only mapping that reads its value anew on every access (keeps nothing)."""
+
+    def __init__(self, keys, load: Callable):
+        self._keys, self._load = list(keys), load
+
+    def __getitem__(self, k):
+        if k not in self._keys:
+            raise KeyError(k)
+        return self._load(k)
+
+    def __iter__(self) -> Iterator:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, k) -> bool:
+        return k in self._keys
+
+
+def _unload(mapping, key) -> None:
+    """Forget a value that a :class:`deepfeat.formats.moments.LazyMap` has read (it keeps what it loaded): the
+    block-by-block Gram form reads each hand-crafted factor once per deep block and must not keep them all."""
+    got = getattr(mapping, "_got", None)
+    if isinstance(got, dict):
+        got.pop(key, None)
 
 
 def engine_cache(hm: HandcraftedMoments, hc: _Source, cfg: dict, device, label: str) -> _EngineCache:
@@ -93,10 +123,16 @@ def engine_cache(hm: HandcraftedMoments, hc: _Source, cfg: dict, device, label: 
         return _LazyFactor(lambda: t(hm.gram_B[k]), spec(g, hm.m, hm.widths[k]), t(g["a"]), t(g["q"]))
 
     factors = LazyMap([f"hc:{k}" for k in hm.keys], factor)
-    grams = LazyMap([f"hc:{k}" for k in (hm.gram_K or {})], lambda seg: t(hm.gram_K[seg[3:]]))
+    grams = _Fresh([f"hc:{k}" for k in (hm.gram_K or {})], lambda seg: t(hm.gram_K[seg[3:]]))
+
+    def forget(seg):
+        factors[seg].release()
+        for m in (hm.gram_B, hm.gram_K):
+            _unload(m, seg[3:])
+
     shift = t(np.concatenate([hm.shift[k] for k in hm.keys]))
     inv = t(np.concatenate([hm.inv[k] for k in hm.keys]))
-    return _EngineCache(hc.name, label, shift, inv, specs, qs, factors, hm.train_rows, hm.sub_rows, grams)
+    return _EngineCache(hc.name, label, shift, inv, specs, qs, factors, hm.train_rows, hm.sub_rows, grams, forget)
 
 
 @job(
@@ -107,10 +143,16 @@ def handcrafted_moments(*, features, mel, moments, settings, log=None) -> Handcr
     """Compute the :class:`~deepfeat.formats.moments.HandcraftedMoments` of ``handcrafted.h5`` (``features``) on
     the training clips of ``mel.h5``, write them to ``moments`` and return them.
 
-    One pass for the z-scoring; per feature its Gram-subset factor (covariance form when p <= m, else Gram form);
-    when the subset is a strict subset of the training clips, one more streamed float64 pass for the feature-form
-    covariances (dsyrk) and one for q. Every part any measure needs is computed, eigendecompositions and the
-    bootstrap's q_i included (as for ``measures`` = all and ``bootstrap`` > 0), so that the file serves every job.
+    One pass for the z-scoring; when the Gram subset is a strict subset of the training clips, streamed float64
+    passes for the feature-form covariances (dsyrk; groups of features within ``memory_mb``) and for q, first,
+    while nothing else is held; then per feature its Gram-subset factor (covariance form when p <= m, else Gram
+    form). Every part any measure needs is computed, eigendecompositions and the bootstrap's q_i included (as for
+    ``measures`` = all and ``bootstrap`` > 0), so that the file serves every job. Which features are in feature form:
+    :func:`~deepfeat.similarity.feature_form.block_forms` (a job that decides otherwise computes what is missing).
+
+    Cost: the streamed passes O(n sum p^2) time, O(p^3) per eigendecomposition (p <= ``max_features``); the factors
+    O(m min(p, m)^2) each on the m = min(n, ``gram_max_clips``) subset clips; memory: the factors and spectra it
+    writes (8 m sum min(p, m) + 8 sum p^2 bytes), capped by ``gram_max_clips`` and ``max_features``, not by n.
     """
     log = log or logging.getLogger(__name__)
     # rank_rtol and svcca_variance shape only ranks and dimensions, which the file does not store
@@ -128,8 +170,8 @@ def handcrafted_moments(*, features, mel, moments, settings, log=None) -> Handcr
         n = rd.n
         pick = rd._gram_subset()
         m = rd.m
-        mf = cfg["max_features"]
-        feat = [s for s, w in hc.segments.items() if w <= mf and w < n]
+        forms = block_forms(hc.segments, n, cfg)
+        feat = [s for s in hc.segments if forms[s] == "feature"]
         log.info(
             f"hand-crafted self terms: {len(hc.segments)} features ({hc.P} columns), {n} training clips; "
             f"{len(feat)} in feature form; Gram-subset factors on {m} clips"
@@ -137,6 +179,8 @@ def handcrafted_moments(*, features, mel, moments, settings, log=None) -> Handcr
             + f", device {device}"
         )
         feature, gram, gram_K = {}, {}, {}
+        if m < n and feat:  # first, while nothing else is held: the streamed covariances of every training clip
+            feature.update(_feature_moments(rd, hc, feat, cfg, log))
         nxt = 30.0
         for i, seg in enumerate(hc.segments, 1):
             gram[seg], f_part, K = _subset_terms(rd, hc, seg, cfg, device, m == n and seg in feat)
@@ -148,9 +192,6 @@ def handcrafted_moments(*, features, mel, moments, settings, log=None) -> Handcr
             if el >= nxt or i == len(hc.segments):
                 log.info(f"  Gram-subset factors: {i}/{len(hc.segments)} features, {el:.0f} s")
                 nxt = el + 30.0
-        rest = [s for s in feat if s not in feature]
-        if rest:
-            feature.update(_feature_moments(rd, hc, rest, cfg, log))
     out = _assemble(rd, hc, names, pick, cfg, feature, gram, gram_K, clip_ids, t0)
     log.info(f"hand-crafted self terms in {out.seconds:.1f} s")
     write_handcrafted_moments(out, moments, features)

@@ -1,10 +1,16 @@
 """Channel vs channel similarity: linear CKA (and debiased CKA) between the channels of conv1 and pool1.
 
-Channel c of a layer is its (H x W) map, flattened; the representations are compared over a seeded subset of at
-most ``channel_max_clips`` training clips (:data:`CHANNEL_STREAM` is its random stream, see
-:func:`deepfeat.formats.cliptable.seeded_subset`) in the exact Gram form: the centred m x m Gram of every channel
-(float64, one dsyrk per channel), then all channel pairs at once (F = <K_c, K_d> in one product); the bootstrap
-of :mod:`deepfeat.similarity.bootstrap` from r_i = sum_j K_c,ij K_d,ij. Layers are written ``conv1/ch{c}``.
+Channel c of a layer is its (H x W) map, flattened, computed from the model file on demand
+(:class:`deepfeat.nets.features.ModelFeatures`, in batches of :data:`BATCH` clips); the representations are compared
+over a seeded subset of at most ``channel_max_clips`` training clips (:data:`CHANNEL_STREAM` is its random stream,
+see :func:`deepfeat.formats.cliptable.seeded_subset`) in the exact Gram form: the centred m x m Gram of every
+channel (float64, one dsyrk per channel), then all channel pairs at once (F = <K_c, K_d> in one product); the
+bootstrap of :mod:`deepfeat.similarity.bootstrap` from r_i = sum_j K_c,ij K_d,ij. Layers are written
+``conv1/ch{c}``.
+
+Cost: capped by ``channel_max_clips`` (m): O(m^2 C D) time and (C + 2) m^2 x 8 bytes for the Grams, plus the
+subset's activations (m C D x 4 bytes) when they fit ``memory_mb``; else the Grams are streamed over row blocks
+with the activations recomputed per block. Nothing grows with the number of clips beyond the m-clip subset.
 """
 
 from __future__ import annotations
@@ -22,9 +28,8 @@ from deepfeat.config import job
 from deepfeat.formats.cliptable import seeded_subset, train_mask
 from deepfeat.formats.deep import STATES
 from deepfeat.formats.files import write_csv
-from deepfeat.formats.mel import open_mel, read_rows
 from deepfeat.formats.tables import SIMILARITY_COLUMNS, similarity_row
-from deepfeat.nets import activations, models
+from deepfeat.nets.features import ModelFeatures
 from deepfeat.runtime import pick_device
 from deepfeat.similarity.bootstrap import _bootstrap_ci, _cka_psi
 from deepfeat.similarity.gram import _GramAcc
@@ -32,6 +37,7 @@ from deepfeat.similarity.measures import F64, _Spec, _t64, canonical
 
 CHANNEL_LAYERS = ("conv1", "pool1")
 CHANNEL_STREAM = 104729  # random stream of the channel subset: seeded_subset(n_train, m, seed, CHANNEL_STREAM)
+BATCH = 32  # clips per forward pass: small batches keep the layer maps in cache (~20% faster here than 128)
 
 
 def _channel_stats(block_fn: Callable, m: int, block: int, need_rows: bool, log=None, what: str = ""):
@@ -156,13 +162,12 @@ def _channel_stats_memory(K: torch.Tensor, need_rows: bool):
     return F, a, r
 
 
-def _subset_mel(mel, cfg: dict, device, log) -> np.ndarray:
-    """The spectrograms (m x n_mels x T float32) of the seeded subset of m = min(n_train, channel_max_clips)
-    training clips of ``mel.h5``, in clip order."""
+def _subset_rows(mel, cfg: dict, device, log) -> np.ndarray:
+    """The clip indices (sorted) of the seeded subset of m = min(n_train, channel_max_clips) training clips of
+    ``mel.h5``."""
     train, _ = train_mask(mel, minimum=4)
     rows_train = np.flatnonzero(train)
     m = min(len(rows_train), cfg["channel_max_clips"])
-    rows = rows_train[seeded_subset(len(rows_train), m, cfg["seed"], CHANNEL_STREAM)]
     log.info(
         f"channel vs channel CKA on {m} of {len(rows_train)} training clips"
         + (
@@ -172,22 +177,24 @@ def _subset_mel(mel, cfg: dict, device, log) -> np.ndarray:
         )
         + f", device {device}"
     )
-    with open_mel(mel) as f:
-        return read_rows(f["mel"], rows)
+    return rows_train[seeded_subset(len(rows_train), m, cfg["seed"], CHANNEL_STREAM)]
 
 
-def _stats_in_memory(net, x_all, layers, chans, dims, point, device, boot: bool, gbufs: dict) -> tuple[dict, float]:
+def _acts(feats, state, idx, layers, chans) -> dict:
+    """{layer: float32 activations (len(idx), C, D) on the CPU} of the clip rows ``idx``."""
+    got = feats.rows(state, idx, layers)
+    return {a: torch.from_numpy(got[a].reshape(len(idx), chans[a], -1)) for a in layers}
+
+
+def _stats_in_memory(feats, state, rows, layers, chans, dims, device, boot: bool, gbufs: dict) -> tuple[dict, float]:
     """({layer: (F, a, r)}, the time the forward passes ended) from the activations of all m clips held in memory
-    (forward in batches of 32; the channel Grams in the reused buffers ``gbufs``)."""
-    m = x_all.shape[0]
-    bs = 32  # small batches keep the layer maps in cache: ~20% faster forward passes here than 128
-    acts = {a: [] for a in layers}  # per row batch, as the network returns them (no copy)
-    with torch.inference_mode():
-        for i0 in range(0, m, bs):
-            got = activations.layer_activations(net, x_all[i0 : i0 + bs].to(device), layers, point)
-            for a in layers:
-                acts[a].append(got[a].reshape(-1, chans[a], dims[a]).to("cpu", torch.float32).contiguous())
-            del got
+    (forward in batches of :data:`BATCH`; the channel Grams in the reused buffers ``gbufs``)."""
+    m = len(rows)
+    acts = {a: [] for a in layers}  # per row batch
+    for i0 in range(0, m, BATCH):
+        got = _acts(feats, state, rows[i0 : i0 + BATCH], layers, chans)
+        for a in layers:
+            acts[a].append(got[a])
     t_fwd = time.perf_counter()
     stats = {}
     for a in layers:
@@ -198,14 +205,12 @@ def _stats_in_memory(net, x_all, layers, chans, dims, point, device, boot: bool,
     return stats, t_fwd
 
 
-def _stats_streamed(net, x_all, layers, chans, dims, point, device, boot: bool, block: int, log, what: str) -> dict:
+def _stats_streamed(feats, state, rows, layers, chans, dims, device, boot: bool, block: int, log, what: str) -> dict:
     """{layer: (F, a, r)} streamed over row blocks of ``block`` clips (activations recomputed per block)."""
-    m = x_all.shape[0]
+    m = len(rows)
 
     def acts_fn(idx, means=None):
-        with torch.no_grad():
-            got = activations.layer_activations(net, x_all[torch.as_tensor(idx)].to(device), layers, point)
-        o = {a: got[a].reshape(len(idx), chans[a], -1).to(F64) for a in layers}
+        o = {a: v.to(device=device, dtype=F64) for a, v in _acts(feats, state, rows[idx], layers, chans).items()}
         if means is not None:
             o = {a: o[a] - means[a] for a in layers}
         return o
@@ -270,26 +275,20 @@ def _layer_rows(stats, a: str, C: int, p: int, m: int, measures, boot: bool, cfg
     return rows
 
 
-def _state_rows(
-    model, state: str, mel_rows: np.ndarray, point: str, measures, cfg: dict, device, gbufs: dict, dataset: str, log
-) -> list[dict]:
-    """The rows of one weight state: the network's conv1/pool1 channels on the subset clips."""
-    m = mel_rows.shape[0]
+def _state_rows(feats, state: str, rows: np.ndarray, measures, cfg: dict, device, gbufs: dict, dataset, log):
+    """The table rows of one weight state: the network's conv1/pool1 channels on the subset clips ``rows``."""
+    m = len(rows)
     boot = cfg["bootstrap"] > 0 and "cka" in measures
     ts = time.perf_counter()
-    net, meta = models.load_model(model, state, device)
-    net.eval()
-    x_all = activations.standardise_input(mel_rows, meta, "cpu")
-    probe = activations.layer_activations(net, x_all[:1].to(device), list(CHANNEL_LAYERS), point)
-    layers = [a for a in CHANNEL_LAYERS if a in probe]
-    dims = {a: int(np.prod(probe[a].shape[2:])) for a in layers}
-    chans = {a: int(probe[a].shape[1]) for a in layers}
+    layers = [a for a in CHANNEL_LAYERS if a in feats.layers]
+    chans = {a: int(feats.shapes[a][0]) for a in layers}
+    dims = {a: int(np.prod(feats.shapes[a][1:])) for a in layers}
     act_bytes = m * sum(chans[a] * dims[a] for a in layers) * 4
     gram_bytes = 8 * m * m * (sum(chans.values()) + 2) + (8 * m * max(chans.values()) ** 2 if boot else 0)
     shapes = ", ".join(f"{a} {chans[a]} x {dims[a]}" for a in layers)
-    what = f"channels of {meta['arch']} seed {meta['seed']} ({state})"
+    what = f"channels of {feats.arch} seed {feats.seed} ({state})"
     if act_bytes + gram_bytes <= cfg["memory_mb"] * 1e6:
-        stats, t_fwd = _stats_in_memory(net, x_all, layers, chans, dims, point, device, boot, gbufs)
+        stats, t_fwd = _stats_in_memory(feats, state, rows, layers, chans, dims, device, boot, gbufs)
         t_fwd -= ts
         log.info(
             f"{what}: {shapes}; forward {t_fwd:.1f} s, channel Grams and pairs {time.perf_counter() - ts - t_fwd:.1f} s"
@@ -299,14 +298,13 @@ def _state_rows(
         block = int(max(16, min(1024, cfg["memory_mb"] * 1e6 / 4 / per_clip)))
         log.info(f"{what}: {shapes}: activations of {m} clips exceed memory_mb, streamed in row blocks of {block}")
         stats = _stats_streamed(
-            net, x_all, layers, chans, dims, point, device, boot, block, log, f"{meta['arch']} {state}"
+            feats, state, rows, layers, chans, dims, device, boot, block, log, f"{feats.arch} {state}"
         )
-    who = dict(dataset=dataset, task=meta["task"], arch=meta["arch"], seed=int(meta["seed"]), state=state)
-    rows = []
+    who = dict(dataset=dataset, task=feats.task, arch=feats.arch, seed=int(feats.seed), state=state)
+    out = []
     for a in layers:
-        rows += _layer_rows(stats[a], a, chans[a], dims[a], m, measures, boot, cfg, who)
-    del net
-    return rows
+        out += _layer_rows(stats[a], a, chans[a], dims[a], m, measures, boot, cfg, who)
+    return out
 
 
 @job(
@@ -317,13 +315,14 @@ def similarity_channels(*, model, mel, table, settings, dataset, log=None) -> pd
     """Channel vs channel CKA (and debiased CKA) of conv1 and pool1 of the model file ``model``, trained and
     untrained weights; written to ``table`` and returned.
 
-    The network (:func:`deepfeat.nets.models.load_model`) runs once per weight state on a seeded subset of
-    m = min(n_train, ``channel_max_clips``) training clips (seed ``seed``; ``n`` = m in the output), inputs
-    standardised with the model's train_mean/train_std, activations at ``deep.point``; channel c of a layer is its
-    (H x W) map. Exact Gram form: the centred m x m Gram of every channel (float64, one dsyrk per channel), then all
-    channel pairs at once (F = <K_c, K_d> in one product). When the activations of the subset do not fit
-    ``memory_mb``, the Grams are streamed over row blocks instead (activations recomputed per block). Only the
-    measures ``cka`` and ``cka_debiased`` of ``measures`` apply. Layers are written ``conv1/ch{c}``.
+    The network (:class:`deepfeat.nets.features.ModelFeatures`, which checks that mel.h5 is the model's) runs once
+    per weight state on a seeded subset of m = min(n_train, ``channel_max_clips``) training clips (seed ``seed``;
+    ``n`` = m in the output), inputs standardised with the model's train_mean/train_std, activations at
+    ``deep.point``; channel c of a layer is its (H x W) map. Exact Gram form: the centred m x m Gram of every
+    channel (float64, one dsyrk per channel), then all channel pairs at once (F = <K_c, K_d> in one product). When
+    the activations of the subset do not fit ``memory_mb``, the Grams are streamed over row blocks instead
+    (activations recomputed per block). Only the measures ``cka`` and ``cka_debiased`` of ``measures`` apply.
+    Layers are written ``conv1/ch{c}``.
     """
     log = log or logging.getLogger(__name__)
     cfg = canonical(settings["similarity"])
@@ -335,10 +334,11 @@ def similarity_channels(*, model, mel, table, settings, dataset, log=None) -> pd
         log.info("similarity_channels: neither cka nor cka_debiased requested, nothing to do")
     else:
         t0 = time.perf_counter()
-        mel_rows = _subset_mel(mel, cfg, device, log)
+        rows = _subset_rows(mel, cfg, device, log)
         gbufs: dict = {}
-        for state in STATES:
-            out_rows += _state_rows(model, state, mel_rows, point, measures, cfg, device, gbufs, dataset, log)
+        with ModelFeatures(model, mel, CHANNEL_LAYERS, point, (), device, BATCH) as feats:
+            for state in STATES:
+                out_rows += _state_rows(feats, state, rows, measures, cfg, device, gbufs, dataset, log)
         log.info(f"similarity_channels: {len(out_rows)} rows in {time.perf_counter() - t0:.1f} s")
     df = pd.DataFrame(out_rows, columns=SIMILARITY_COLUMNS)
     write_csv(df, table)

@@ -1,12 +1,17 @@
-"""The similarity jobs of deep-feature files: one model against the hand-crafted features and itself
+"""The similarity jobs of deep features: one model against the hand-crafted features and itself
 (:func:`similarity_deep`), and models against each other (:func:`similarity_cross`).
 
-Each writes a tidy CSV (columns :data:`deepfeat.formats.tables.SIMILARITY_COLUMNS`, docs/formats.md; one row per
-pair and measure, measures in the order of :data:`~deepfeat.formats.tables.MEASURES`) and returns it.
+Deep features come from the model files: the layers of the trained and untrained networks are computed on the
+rows each pass needs, batch by batch, on ``similarity.device`` (:class:`deepfeat.nets.features.ModelFeatures`);
+nothing proportional to clips x layer width is written. ``deep=`` (exported deep-feature files,
+:class:`deepfeat.formats.deep.StoredFeatures`) replaces the models as the source of the same values. Each job
+writes a tidy CSV (columns :data:`deepfeat.formats.tables.SIMILARITY_COLUMNS`, docs/formats.md; one row per pair and
+measure, measures in the order of :data:`~deepfeat.formats.tables.MEASURES`) and returns it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from itertools import combinations
@@ -18,19 +23,39 @@ import pandas as pd
 from deepfeat.config import job
 from deepfeat.formats.cliptable import check_clip_ids, train_mask
 from deepfeat.formats.deep import KIND as DEEP_KIND
-from deepfeat.formats.deep import STATES, deep_info
+from deepfeat.formats.deep import STATES, StoredFeatures
 from deepfeat.formats.files import open_h5, write_csv
 from deepfeat.formats.moments import read_handcrafted_moments
 from deepfeat.formats.tables import SIMILARITY_COLUMNS, similarity_row
+from deepfeat.nets.features import ModelFeatures
 from deepfeat.runtime import pick_device
 from deepfeat.similarity.cache import engine_cache
 from deepfeat.similarity.engine import _Engine
 from deepfeat.similarity.measures import canonical
-from deepfeat.similarity.sources import dataset_source, handcrafted_source
+from deepfeat.similarity.reader import window_pool
+from deepfeat.similarity.sources import feature_sources, handcrafted_source
 
 # the order of deepfeat.nets.models.ARCHS (a test checks it; not imported, so that editing the networks' code does
 # not rerun the similarity jobs): arch_vs_arch compares a = the earlier architecture with b = the later one
 ARCH_ORDER = ("Regular", "Deformable", "Dilated", "1dF", "1dT", "FeedForward")
+
+
+#: the declaration of both model-vs-model jobs (the same settings change their results)
+_MODEL_JOB = job(
+    reads={
+        "similarity": (
+            "measures",
+            "svcca_variance",
+            "max_features",
+            "gram_max_clips",
+            "bootstrap",
+            "seed",
+            "rank_rtol",
+        ),
+        "deep": ("layers", "point", "average_channels"),
+    },
+    tunes={"similarity": ("device", "chunk_size", "memory_mb"), "deep": ("batch_size",)},
+)
 
 
 def _row(dataset, comparison, task, a: dict, b: dict, measure, res) -> dict:
@@ -58,6 +83,47 @@ def _start(settings, mel, log):
     cfg = canonical(settings["similarity"])
     device = pick_device(cfg["device"])
     return (log, cfg, device, time.perf_counter(), *train_mask(mel, minimum=4))
+
+
+def _stored(path, mel, d: dict, clip_ids, n_clips: int) -> StoredFeatures:
+    """The exported deep-feature file ``path`` as a features object, checked against mel.h5 and the ``deep``
+    settings ``d`` (its rows are mel.h5's clips; it holds ``layers`` at ``point``, averaged as ``average_channels``
+    asks)."""
+    with open_h5(path, DEEP_KIND) as f:
+        for state in STATES:
+            for a in d["layers"]:
+                if state in f and a in f[state] and f[state][a].shape[0] != n_clips:
+                    raise ValueError(
+                        f"{path}:{state}/{a}: {f[state][a].shape[0]} rows but the clip table of mel.h5 has "
+                        f"{n_clips} clips"
+                    )
+        check_clip_ids(f, path, clip_ids, mel)
+    feats = StoredFeatures(path, n_clips=n_clips, batch_size=d["batch_size"])
+    try:
+        missing = [a for a in d["layers"] if a not in feats.layers]
+        if missing:
+            raise ValueError(
+                f"{path}: no layer(s) {missing} (it holds {list(feats.layers)}); deep.layers asks for them"
+            )
+        if feats.point != d["point"]:
+            raise ValueError(f"{path}: activations at the {feats.point} point, but deep.point is {d['point']}")
+        avg = set(d["average_channels"])
+        wrong = [a for a in d["layers"] if a != "fc1" and (len(feats.shapes[a]) == 2) != (a in avg)]
+        if wrong:
+            raise ValueError(f"{path}: layer(s) {wrong} are not averaged over channels as deep.average_channels says")
+    except Exception:
+        feats.close()
+        raise
+    return feats
+
+
+def _features(model, deep, mel, d: dict, device, clip_ids, n_clips: int):
+    """The features object of one model: computed from the model file, or read from ``deep`` when given."""
+    if deep is not None:
+        return _stored(deep, mel, d, clip_ids, n_clips)
+    if model is None:
+        raise ValueError("similarity: give a model file (model=) or an exported deep-feature file (deep=)")
+    return ModelFeatures(model, mel, d["layers"], d["point"], d["average_channels"], device, d["batch_size"])
 
 
 def _write(df: pd.DataFrame, table, log) -> pd.DataFrame:
@@ -88,30 +154,25 @@ def _deep_pairs(layers, segments, names) -> tuple[list, dict]:
     return pairs, keys
 
 
-@job(
-    reads={
-        "similarity": ("measures", "svcca_variance", "max_features", "gram_max_clips", "bootstrap", "seed", "rank_rtol")
-    },
-    tunes={"similarity": ("device", "chunk_size", "memory_mb")},
-)
-def similarity_deep(*, deep, features, mel, table, settings, dataset, moments=None, log=None) -> pd.DataFrame:
-    """Similarity table of one model (``deep/{task}/{arch}/seed{seed}.h5``) on the training clips of ``mel.h5``,
-    written to ``table`` and returned.
+@_MODEL_JOB
+def similarity_deep(*, model, features, mel, table, settings, dataset, moments=None, deep=None, log=None):
+    """Similarity table of one model (the model file ``model``; or the exported deep-feature file ``deep``, which
+    then replaces it) on the training clips of ``mel.h5``, written to ``table`` and returned.
 
-    Rows: every layer (trained and untrained) vs every hand-crafted feature of ``features`` (``deep_vs_handcrafted``,
-    z-scored features, incl. Random); trained vs untrained per layer (``trained_vs_untrained``, a = trained); every
-    pair of layers of the same weights (``layer_vs_layer``, a = the earlier layer). ``moments``: the dataset's
-    ``handcrafted_moments.h5`` (:func:`deepfeat.similarity.handcrafted_moments`); with it the hand-crafted self terms
-    (z-scoring, spectra, Gram factors) are read instead of computed, and the job computes only its deep blocks' self
-    terms and the cross terms (same values).
+    Rows: every layer of ``deep.layers`` (trained and untrained) vs every hand-crafted feature of ``features``
+    (``deep_vs_handcrafted``, z-scored features, incl. Random); trained vs untrained per layer
+    (``trained_vs_untrained``, a = trained); every pair of layers of the same weights (``layer_vs_layer``, a = the
+    earlier layer). ``moments``: the dataset's ``handcrafted_moments.h5``
+    (:func:`deepfeat.similarity.handcrafted_moments`); with it the hand-crafted self terms (z-scoring, spectra,
+    Gram factors) are read instead of computed, and the job computes only its deep blocks' self terms and the
+    cross terms (same values).
     """
     log, cfg, device, t0, train, clip_ids = _start(settings, mel, log)
-    N = len(train)
-    with open_h5(deep, DEEP_KIND) as fd, open_h5(features, "handcrafted") as fh:
-        info = deep_info(fd, deep)
-        check_clip_ids(fd, deep, clip_ids, mel)
+    N, d = len(train), settings["deep"]
+    pool = window_pool(cfg, log)
+    with _features(model, deep, mel, d, device, clip_ids, N) as feats, open_h5(features, "handcrafted") as fh:
         check_clip_ids(fh, features, clip_ids, mel)
-        sources = [dataset_source(f"{s}/{a}", fd[s][a], N, f"{deep}:{s}/{a}") for s in STATES for a in info.layers]
+        sources = feature_sources(feats, pool, layers=d["layers"])
         hc, names = handcrafted_source(fh, features, N)
         cache = None
         if moments is not None:
@@ -124,19 +185,21 @@ def similarity_deep(*, deep, features, mel, table, settings, dataset, moments=No
                 f"{len(hm.gram)} Gram-subset factors on {hm.m} clips)"
             )
         log.info(
-            f"similarity of {info.arch} seed {info.seed} ({info.task}): {len(sources)} deep blocks "
+            f"similarity of {feats.arch} seed {feats.seed} ({feats.task}): {len(d['layers'])} layers x 2 weight "
+            f"states ({'read from ' + str(deep) if deep is not None else 'computed from ' + str(model)}) "
             f"x {len(names)} hand-crafted features on {int(train.sum())} training clips, device {device}"
         )
-        pairs, keys = _deep_pairs(info.layers, hc.segments, names)
-        res = _Engine(sources + [hc], train, cfg, device, log, cache=cache).run(pairs)
+        pairs, keys = _deep_pairs(d["layers"], hc.segments, names)
+        res = _Engine(sources + [hc], train, cfg, device, log, cache=cache, pool=pool).run(pairs)
+        arch, seed, task = feats.arch, int(feats.seed), feats.task
     rows = []
-    model = dict(arch=info.arch, seed=info.seed)
+    who = dict(arch=arch, seed=seed)
     for p in pairs:
         comp, a, b = keys[p]
-        a = {**model, **a}
+        a = {**who, **a}
         if comp != "deep_vs_handcrafted":
-            b = {**model, **b}
-        rows += [_row(dataset, comp, info.task, a, b, m, res[p]) for m in cfg["measures"]]
+            b = {**who, **b}
+        rows += [_row(dataset, comp, task, a, b, m, res[p]) for m in cfg["measures"]]
     log.info(f"similarity_deep: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
     return _write(pd.DataFrame(rows, columns=SIMILARITY_COLUMNS), table, log)
 
@@ -145,18 +208,20 @@ def _arch_key(a):
     return (ARCH_ORDER.index(a) if a in ARCH_ORDER else len(ARCH_ORDER), a)
 
 
-def _cross_pairs(infos: dict) -> tuple[list, dict, dict]:
-    """(pairs, {pair: (comparison, key a, key b)}, {key: segment}) of the models ``infos`` ({(arch, seed): DeepInfo}),
-    keys (arch, seed, state, layer): seed vs seed (same architecture and layer) and architecture vs architecture
-    (same seed and layer), ordered so that the Gram-form cache reuses blocks: by layer, then seed/arch groups."""
+def _cross_pairs(layers_of: dict) -> tuple[list, dict, dict]:
+    """(pairs, {pair: (comparison, key a, key b)}, {key: segment}) of the models ``layers_of`` ({(arch, seed):
+    layers}), keys (arch, seed, state, layer): seed vs seed (same architecture and layer) and architecture vs
+    architecture (same seed and layer), ordered so that the Gram-form cache reuses blocks: by layer, then seed/arch
+    groups. Segment names are those of :func:`~deepfeat.similarity.sources.feature_sources` with the prefix
+    ``{arch}|{seed}|``."""
     seg_of = {}
-    for (arch, seed), info in infos.items():
+    for (arch, seed), layers in layers_of.items():
         for s in STATES:
-            for a in info.layers:
-                seg_of[(arch, seed, s, a)] = f"{arch}|{seed}|{s}|{a}"
-    archs = sorted({a for a, _ in infos}, key=_arch_key)
-    seeds = sorted({s for _, s in infos})
-    layers = list(dict.fromkeys(a for i in infos.values() for a in i.layers))
+            for a in layers:
+                seg_of[(arch, seed, s, a)] = f"{arch}|{seed}|{s}/{a}"
+    archs = sorted({a for a, _ in layers_of}, key=_arch_key)
+    seeds = sorted({s for _, s in layers_of})
+    layers = list(dict.fromkeys(a for ls in layers_of.values() for a in ls))
     pairs, keys = [], {}
 
     def add(comp, ka, kb):
@@ -176,53 +241,44 @@ def _cross_pairs(infos: dict) -> tuple[list, dict, dict]:
     return pairs, keys, seg_of
 
 
-@job(
-    reads={
-        "similarity": ("measures", "svcca_variance", "max_features", "gram_max_clips", "bootstrap", "seed", "rank_rtol")
-    },
-    tunes={"similarity": ("device", "chunk_size", "memory_mb")},
-)
-def similarity_cross(*, deep, mel, table, settings, dataset, log=None) -> pd.DataFrame:
+@_MODEL_JOB
+def similarity_cross(*, models, mel, table, settings, dataset, deep=(), log=None) -> pd.DataFrame:
     """Seed vs seed (same architecture and layer) and architecture vs architecture (same seed and layer), trained
-    and untrained, over the deep-feature files ``deep`` (a list of paths) of one training task, on the training
-    clips of ``mel.h5``; written to ``table`` and returned."""
+    and untrained, of the model files ``models`` of one training task (or of the exported deep-feature files
+    ``deep``, which then replace them), on the training clips of ``mel.h5``; written to ``table`` and returned."""
     log, cfg, device, t0, train, clip_ids = _start(settings, mel, log)
-    N = len(train)
-    files = [Path(p) for p in ([deep] if isinstance(deep, (str, Path)) else deep)]
+    N, d = len(train), settings["deep"]
+    stored = [Path(p) for p in ([deep] if isinstance(deep, (str, Path)) else (deep or ()))]
+    files = stored or [Path(p) for p in ([models] if isinstance(models, (str, Path)) else (models or ()))]
     if len(files) < 2:
-        log.info(f"similarity_cross: {len(files)} deep-feature file(s), nothing to compare")
+        log.info(f"similarity_cross: {len(files)} model(s), nothing to compare")
         return _write(pd.DataFrame([], columns=SIMILARITY_COLUMNS), table, log)
-    handles = []
-    try:
-        infos, handle = {}, {}
+    pool = window_pool(cfg, log)
+    with contextlib.ExitStack() as stack:
+        feats = {}
         for path in files:
-            f = open_h5(path, DEEP_KIND)
-            handles.append(f)
-            info = deep_info(f, path)
-            check_clip_ids(f, path, clip_ids, mel)
-            key = (info.arch, info.seed)
-            if key in infos:
-                raise ValueError(f"{path}: {info.arch} seed {info.seed} also in {infos[key].path}")
-            infos[key], handle[key] = info, f
-        tasks = {i.task for i in infos.values()}
+            f = stack.enter_context(
+                _features(None if stored else path, path if stored else None, mel, d, device, clip_ids, N)
+            )
+            key = (f.arch, int(f.seed))
+            if key in feats:
+                raise ValueError(f"{path}: {f.arch} seed {f.seed} also in {feats[key].label}")
+            feats[key] = f
+        tasks = {f.task for f in feats.values()}
         if len(tasks) > 1:
-            raise ValueError(f"similarity_cross: the deep-feature files mix training tasks {sorted(tasks)}")
+            raise ValueError(f"similarity_cross: the models mix training tasks {sorted(tasks)}")
         task = tasks.pop()
-        pairs, keys, seg_of = _cross_pairs(infos)
+        pairs, keys, _ = _cross_pairs({k: d["layers"] for k in feats})
         sources = [
-            dataset_source(name, handle[k[:2]][k[2]][k[3]], N, f"{infos[k[:2]].path}:{k[2]}/{k[3]}")
-            for k, name in seg_of.items()
+            s for (arch, seed), f in feats.items() for s in feature_sources(f, pool, f"{arch}|{seed}|", d["layers"])
         ]
-        archs = sorted({a for a, _ in infos}, key=_arch_key)
+        archs = sorted({a for a, _ in feats}, key=_arch_key)
         log.info(
-            f"similarity_cross ({task}): {len(infos)} models ({', '.join(archs)}; seeds "
-            f"{sorted({s for _, s in infos})}), {len(pairs)} block pairs on {int(train.sum())} training clips, "
-            f"device {device}"
+            f"similarity_cross ({task}): {len(feats)} models ({', '.join(archs)}; seeds "
+            f"{sorted({s for _, s in feats})}; {'read from deep-feature files' if stored else 'computed'}), "
+            f"{len(pairs)} block pairs on {int(train.sum())} training clips, device {device}"
         )
-        res = _Engine(sources, train, cfg, device, log).run(pairs) if pairs else {}
-    finally:
-        for f in handles:
-            f.close()
+        res = _Engine(sources, train, cfg, device, log, pool=pool).run(pairs) if pairs else {}
     rows = []
     for p in pairs:
         comp, ka, kb = keys[p]

@@ -1,11 +1,13 @@
-"""The similarity engine: the measures of many block pairs over the training rows of HDF5 files.
+"""The similarity engine: the measures of many block pairs over the training rows of column sources.
 
-:class:`_Engine` reads its sources through :class:`~deepfeat.similarity.reader._Reader` and computes each pair in
-one of two forms, chosen per block: the feature form (streamed covariance blocks, both blocks at most
-``max_features`` columns and fewer than n: :mod:`deepfeat.similarity.feature_form`) or the Gram form (any wider
-block: :mod:`deepfeat.similarity.gram_form`, :mod:`deepfeat.similarity.gram_space`); then the bootstrap
-intervals of CKA (:mod:`deepfeat.similarity.bootstrap`). With an engine cache (the hand-crafted self terms of
-:mod:`deepfeat.similarity.cache`) one source's self terms are read instead of computed.
+:class:`_Engine` reads its sources (deep features computed from a model or read from a file, hand-crafted features
+from ``handcrafted.h5``: :mod:`deepfeat.similarity.sources`) through :class:`~deepfeat.similarity.reader._Reader`
+and computes each pair in one of two forms, chosen per block (:func:`~deepfeat.similarity.feature_form.block_forms`):
+the feature form (streamed covariance blocks: :mod:`deepfeat.similarity.feature_form`) or the Gram form (on a seeded
+subset of at most ``gram_max_clips`` clips: :mod:`deepfeat.similarity.gram_form`, :mod:`deepfeat.similarity.gram_space`,
+:mod:`deepfeat.similarity.gram_blocks`); then the bootstrap intervals of CKA (:mod:`deepfeat.similarity.bootstrap`).
+With an engine cache (the hand-crafted self terms of :mod:`deepfeat.similarity.cache`) one source's self terms are
+read instead of computed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from deepfeat.similarity.bootstrap import _bootstrap_ci
-from deepfeat.similarity.feature_form import _FeatureForm
+from deepfeat.similarity.feature_form import _FeatureForm, block_forms
+from deepfeat.similarity.gram_blocks import _GramBlocks
 from deepfeat.similarity.gram_form import _GramForm
 from deepfeat.similarity.gram_space import _GramSpace
 from deepfeat.similarity.measures import EIG_MEASURES
@@ -23,14 +26,15 @@ from deepfeat.similarity.reader import _Reader
 from deepfeat.similarity.sources import _Source
 
 
-class _Engine(_FeatureForm, _GramForm, _GramSpace, _Reader):
-    """Computes the measures of many segment pairs over the training rows of HDF5 files (see module docstring).
+class _Engine(_FeatureForm, _GramForm, _GramBlocks, _GramSpace, _Reader):
+    """Computes the measures of many segment pairs over the training rows of column sources (see module docstring).
 
-    ``cache``: a :class:`~deepfeat.similarity.cache._EngineCache` (self terms of one source read, not computed).
+    ``cache``: a :class:`~deepfeat.similarity.cache._EngineCache` (self terms of one source read, not computed);
+    ``pool``: the window pool the features sources were made with (:func:`~deepfeat.similarity.reader.window_pool`).
     ``run(pairs)`` returns {pair: {values, flags, n, method, p_a, p_b, ci}}."""
 
-    def __init__(self, sources: Sequence[_Source], train: np.ndarray, cfg: dict, device, log, cache=None):
-        super().__init__(sources, train, cfg, device, log)
+    def __init__(self, sources: Sequence[_Source], train: np.ndarray, cfg: dict, device, log, cache=None, pool=None):
+        super().__init__(sources, train, cfg, device, log, pool)
         self.ms = cfg["measures"]
         self.need_eig = bool(EIG_MEASURES & set(self.ms))
         self.boot = cfg["bootstrap"] > 0 and "cka" in self.ms
@@ -59,20 +63,41 @@ class _Engine(_FeatureForm, _GramForm, _GramSpace, _Reader):
         for s in self.src.values():
             if s.standardize and s.shift is None:
                 self._standardize(s)
-        width = {s: w for src in self.src.values() for s, w in src.segments.items()}
-        mf = self.cfg["max_features"]
-        self.form = {s: ("gram" if w > mf or w >= self.n else "feature") for s, w in width.items()}
+        used = list(dict.fromkeys(s for p in pairs for s in p))
+        self.form = block_forms({s: self.seg_src[s].segments[s] for s in used}, self.n, self.cfg)
         feat = [p for p in pairs if self.form[p[0]] == "feature" and self.form[p[1]] == "feature"]
         gram = [p for p in pairs if not (self.form[p[0]] == "feature" and self.form[p[1]] == "feature")]
+        nf = sum(f == "feature" for f in self.form.values())
+        self.log.info(
+            f"forms: {nf} of {len(used)} blocks in feature form (at most max_features = {self.cfg['max_features']} "
+            f"columns, fewer than {self.n} clips, p x p within memory_mb), {len(used) - nf} in Gram form; "
+            f"{len(feat)} feature-form pairs, {len(gram)} Gram-form pairs"
+        )
         self.res: dict = {}
         self.psi: dict = {}
         if feat:
             self._feature_path(feat)
         if gram:
             self._gram_path(gram)
+        if self.pool is not None:
+            self.pool.release()
+            got = self.pool.passes
+            self.log.info(
+                "deep features: "
+                + (
+                    f"every training clip's layers kept in memory ({4 * self.n * sum(self._widths_fs()) / 1e6:.0f} "
+                    f"MB, within {self.pool.limit / 1e6:.0f} MB): {got['resident']} passes of the network(s)"
+                    if self.resident
+                    else f"{got['chunk']} chunks and {got['subset']} Gram-subset windows computed"
+                )
+                + f", {self.pool.seconds:.1f} s"
+            )
         if self.boot:
             self._bootstrap()
         return self.res
+
+    def _widths_fs(self) -> list[int]:
+        return [s.P for s in self.src.values() if s.take is not None]
 
     def _result(self, pair, vals, flags, n, method):
         a, b = pair

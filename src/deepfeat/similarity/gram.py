@@ -1,14 +1,15 @@
 """The Gram form: blocks on a seeded subset of m rows, as centred Grams and principal coordinates.
 
-Blocks with more than ``max_features`` columns, or at least as many columns as training clips, use the exact
-Gram form instead of the streamed covariances: on a seeded subset of m = min(n, ``gram_max_clips``) training clips
-(all of them when n is small enough, so the values equal the feature form; :data:`GRAM_STREAM` is the subset's
-random stream, see :func:`deepfeat.formats.cliptable.seeded_subset`), the centred Gram K = X_c X_c' (columns
-centred first, never via H K H; one BLAS dsyrk per column chunk, :class:`_GramAcc`) is eigendecomposed,
-K = U L U' (a block with p <= m: its p x p covariance instead, U = X_c V L^(-1/2)). Pairs are compared in Gram
-space when every block's K fits ``memory_mb`` (:mod:`deepfeat.similarity.gram_space`); otherwise one by one
-from principal coordinates B = U L^(1/2) (:class:`_Factor`; R = B_x'B_y, :func:`_factor_pair`). ``method`` =
-gram, ``n`` = m.
+Blocks that the feature form does not take (:func:`deepfeat.similarity.feature_form.block_forms`: more than
+``max_features`` columns, at least as many columns as training clips, or a covariance beyond ``memory_mb``) use the
+exact Gram form instead of the streamed covariances: on a seeded subset of m = min(n, ``gram_max_clips``) training
+clips (all of them when n is small enough, so the values equal the feature form; :data:`GRAM_STREAM` is the subset's
+random stream, see :func:`deepfeat.formats.cliptable.seeded_subset`), the centred Gram K = X_c X_c' (columns centred
+first, never via H K H; one BLAS dsyrk per column chunk, :class:`_GramAcc`) is eigendecomposed, K = U L U' (a block
+with p <= m: its p x p covariance instead, U = X_c V L^(-1/2)). Pairs are compared in Gram space when every block's
+K fits ``memory_mb`` (:mod:`deepfeat.similarity.gram_space`); otherwise block by block
+(:mod:`deepfeat.similarity.gram_blocks`) from the Grams of the blocks wider than m and the principal coordinates B =
+U L^(1/2) of the others (:class:`_Factor`; R = B_x'B_y, :func:`_factor_pair`). ``method`` = gram, ``n`` = m.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from scipy.linalg.blas import dsyrk as _dsyrk
 
 from deepfeat.similarity.bootstrap import _cka_psi
-from deepfeat.similarity.measures import F64, _eigh_desc, _pair_measures, _set_dims, _Spec
+from deepfeat.similarity.measures import EIGH_LAPACK_MIN, F64, _eigh_desc, _pair_measures, _set_dims, _Spec
 
 GRAM_STREAM = 7919  # random stream of the Gram subset: seeded_subset(n, m, seed, GRAM_STREAM)
 
@@ -51,18 +52,40 @@ class _LazyFactor(_Factor):
             self._B = self._load_B()
         return self._B
 
+    def release(self) -> None:
+        """Drop B (read again when next used)."""
+        self._B = None
 
-def _factor_from_gram(K: torch.Tensor, p: int, cfg, need_q: bool) -> _Factor:
+    def nbytes(self) -> int:  # what it holds now (without reading B)
+        held = 0 if self._B is None else int(self._B.numel()) * 8
+        return held + int(self.a.numel() + (0 if self.q is None else self.q.numel())) * 8 + self.spec.nbytes()
+
+
+def _factor_from_gram(K: torch.Tensor, p: int, cfg, need_q: bool, overwrite: bool = False) -> _Factor:
+    """Principal coordinates of a block from its centred Gram ``K`` (destroyed when ``overwrite``)."""
     m = K.shape[0]
     a = K.diagonal().clone()
-    q = (K * K).sum(1) if need_q else None
-    fro2 = float((K * K).sum())
-    lam, U = _eigh_desc(K)
+    if m < EIGH_LAPACK_MIN:
+        q = (K * K).sum(1) if need_q else None
+        fro2 = float((K * K).sum())
+    else:  # no m x m temporary
+        q = _sq_rows(K)
+        fro2 = float(q.sum())
+        q = q if need_q else None
+    lam, U = _eigh_desc(K, overwrite=overwrite)
     del K
     B = U * lam.sqrt()
     del U
     spec = _set_dims(_Spec(n=m, p=p, trace=float(a.sum()), fro2=fro2, aa=float(a @ a), lam=lam, V=None), cfg)
     return _Factor(B, spec, a, q)
+
+
+def _sq_rows(K: torch.Tensor, block: int = 1 << 22) -> torch.Tensor:
+    """Row sums of K * K; a large K in row blocks (no temporary of its size), each row summed as in one go."""
+    if K.numel() <= block:
+        return (K * K).sum(1)
+    step = max(1, block // K.shape[1])
+    return torch.cat([(K[i : i + step] * K[i : i + step]).sum(1) for i in range(0, K.shape[0], step)])
 
 
 def _factor_from_centred(X: torch.Tensor, cfg, need_q: bool, via: str = "auto", need_eig: bool = True) -> _Factor:
@@ -73,7 +96,7 @@ def _factor_from_centred(X: torch.Tensor, cfg, need_q: bool, via: str = "auto", 
     """
     m, p = X.shape
     if via == "gram" or (via == "auto" and p > m):
-        return _factor_from_gram(X @ X.T, p, cfg, need_q)
+        return _factor_from_gram(X @ X.T, p, cfg, need_q, overwrite=True)
     C = X.T @ X
     fro2 = float((C * C).sum())
     a = (X * X).sum(1)
@@ -81,7 +104,7 @@ def _factor_from_centred(X: torch.Tensor, cfg, need_q: bool, via: str = "auto", 
     if not need_eig:
         q = ((X @ C) * X).sum(1) if need_q else None
         return _Factor(X, spec, a, q)
-    lam, V = _eigh_desc(C)
+    lam, V = _eigh_desc(C, overwrite=True)
     del C
     B = X @ V
     q = (B * B) @ lam if need_q else None
@@ -123,6 +146,18 @@ class _GramAcc:
             return K
         K = torch.add(self.c, self.c.T, out=out)
         return K.mul_(0.5)
+
+
+def _mirror_lower(K: torch.Tensor, step: int = 1024) -> None:
+    """Copy the lower triangle of the square matrix K onto its upper one, in place (column blocks): the exactly
+    symmetric Gram of :meth:`_GramAcc.full` without a second m x m array."""
+    m = K.shape[0]
+    for i0 in range(0, m, step):
+        i1 = min(i0 + step, m)
+        d = K[i0:i1, i0:i1]
+        d.copy_(d.tril() + d.tril(-1).T)
+        if i1 < m:
+            K[i0:i1, i1:].copy_(K[i1:, i0:i1].T)
 
 
 def _crossprod(X: torch.Tensor) -> torch.Tensor:

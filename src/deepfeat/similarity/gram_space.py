@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from deepfeat.similarity.bootstrap import _cka_psi
-from deepfeat.similarity.gram import _GramAcc
+from deepfeat.similarity.gram import _GramAcc, _mirror_lower, _sq_rows
 from deepfeat.similarity.measures import F64, _eigh_desc, _measures, _set_dims, _Spec, _svals
 
 
@@ -66,8 +66,9 @@ class _GramSpace:
             acc.add(B.contiguous())
             acc.full(out=out)
 
-    def _make_gblock(self, seg, Kout: torch.Tensor) -> _GBlock:
-        """The block ``seg`` on the m Gram rows in Gram space, its centred Gram written into ``Kout``."""
+    def _make_gblock(self, seg, Kout: torch.Tensor, inplace: bool = False) -> _GBlock:
+        """The block ``seg`` on the m Gram rows in Gram space, its centred Gram written into ``Kout``
+        (``inplace``: accumulated in ``Kout`` itself, no m x m scratch kept; the same values)."""
         m = self.m
         if self.cache is not None and seg in self.cache.factor:
             f = self.cache.factor[seg]
@@ -82,16 +83,23 @@ class _GramSpace:
         src = self.seg_src[seg]
         c0, c1 = src.offsets[seg]
         p = c1 - c0
-        acc = _GramAcc(m, self.device, self._buf("gram", (m, m), np.float64))
+        own = inplace and self.device.type == "cpu"
+        cpu = self.device.type == "cpu"
+        acc = _GramAcc(m, self.device, Kout.numpy() if own else self._buf("gram", (m, m), np.float64) if cpu else None)
         X = None
         for Xc in self._sub_blocks(src, c0, c1, step=max(p, 1) if p <= m else 4096):
             acc.add(Xc)
             if p <= m:
                 X = Xc.clone()
-        acc.full(out=Kout)
+        if own:
+            if not np.shares_memory(acc.c, Kout.numpy()):  # BLAS wrote to a copy after all
+                Kout.numpy()[...] = acc.c.T
+            _mirror_lower(Kout)  # dsyrk filled the upper triangle of Kout's transpose: its lower one
+        else:
+            acc.full(out=Kout)
         del acc
         a = Kout.diagonal().clone()
-        q = (Kout * Kout).sum(1)
+        q = _sq_rows(Kout)
         spec = _Spec(n=m, p=p, trace=float(a.sum()), fro2=float(q.sum()), aa=float(a @ a))
         U = None
         if self.need_eig:
@@ -143,12 +151,15 @@ class _GramSpace:
         self.log.info(f"  Gram space: {len(pairs)} pairs of {len(order)} blocks in {time.perf_counter() - t0:.1f} s")
 
     def _gblocks(self, order, idx, m, t0):
-        """(K stack (nb, m, m), {segment: _GBlock}) of every block, in ``order``."""
+        """(K stack (nb, m, m), {segment: _GBlock}) of every block, stacked in ``order``; built source by source in
+        column order (a features source then computes each window of its columns once)."""
         nb = len(order)
         Kst = torch.empty(nb, m, m, dtype=F64, device=self.device)
         blk: dict[str, _GBlock] = {}
         nxt = 30.0
-        for i, s in enumerate(order, 1):
+        rank = {name: i for i, name in enumerate(self.src)}
+        build = sorted(order, key=lambda s: (rank[self.seg_src[s].name], self.seg_src[s].offsets[s][0]))
+        for i, s in enumerate(build, 1):
             blk[s] = self._make_gblock(s, Kst[idx[s]])
             el = time.perf_counter() - t0
             if el >= nxt or i == nb:

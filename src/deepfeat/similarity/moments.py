@@ -36,6 +36,10 @@ class Moments:
     ``row_norms=False`` skips every sum of row norms (trace, aa, ab then raise): only CKA-type cross-products are
     wanted. ``centred``: groups whose columns already have mean ~0 (e.g. z-scored with the same rows' statistics);
     they get no pilot shift (one pass less over their rows).
+
+    Memory, once the rows are in: :meth:`release` frees a segment's self sums after its spectrum is taken, and
+    :meth:`centre_cross` turns every cross sum into the centred C_xy in place (no second copy; :meth:`ab` must be
+    read before it).
     """
 
     def __init__(
@@ -99,10 +103,13 @@ class Moments:
                 ZB=torch.zeros(Pa, nb, dtype=F64, device=self.device),
             )
         self.n = 0
+        self._cross_centred = False
 
     # -- accumulation -------------------------------------------------------------------------------------
     def update(self, batch: Mapping[str, object]) -> None:
         """Add a chunk of rows: {group: (rows x width) array or tensor}, the same rows for every group."""
+        if self._cross_centred:
+            raise ValueError("Moments.update: the cross sums were centred (centre_cross); no rows can be added")
         rows = None
         z, al = {}, {}
         for g, st in self._g.items():
@@ -184,6 +191,23 @@ class Moments:
         st = self._g[g]
         return st["shift"][o0:o1] + st["S"][o0:o1] / self.n
 
+    def release(self, seg) -> None:
+        """Free the self sums of ``seg`` (its :meth:`cov` and :meth:`aa` are then unavailable)."""
+        g, *_ = self._loc(seg)
+        self._g[g]["M"].pop(seg, None)
+        self._full.pop(seg, None)
+
+    def centre_cross(self, step: int = 1024) -> None:
+        """Turn every cross sum M_xy into C_xy = M_xy - S_x S_y'/n in place (the same values as :meth:`cross_cov`
+        gave before); :meth:`ab` is unavailable afterwards, :meth:`cross_cov` returns views."""
+        if self._cross_centred:
+            return
+        for (ga, gb), c in self._cross.items():
+            Sa, Sb, M = self._g[ga]["S"], self._g[gb]["S"], c["M"]
+            for r0 in range(0, M.shape[0], step):
+                M[r0 : r0 + step].sub_(torch.outer(Sa[r0 : r0 + step], Sb) / self.n)
+        self._cross_centred = True
+
     def _need_norms(self, what):
         if not self.row_norms:
             raise ValueError(f"Moments.{what}: row norms were not accumulated (row_norms=False)")
@@ -237,6 +261,8 @@ class Moments:
         if sx == sy:
             return self.cov(sx)
         M = self._cross_parts(sx, sy)[0]
+        if self._cross_centred:
+            return M
         gx, _, a0, a1 = self._loc(sx)
         gy, _, b0, b1 = self._loc(sy)
         return M - torch.outer(self._g[gx]["S"][a0:a1], self._g[gy]["S"][b0:b1]) / self.n
@@ -246,6 +272,8 @@ class Moments:
         if sx == sy:
             return self.aa(sx)
         self._need_norms("ab")
+        if self._cross_centred:
+            raise ValueError("Moments.ab: read it before centre_cross")
         M, sab, axw, byz = self._cross_parts(sx, sy)
         gx, i, _, _ = self._loc(sx)
         gy, j, _, _ = self._loc(sy)

@@ -20,16 +20,27 @@ import torch
 
 from deepfeat.formats.cliptable import seeded_subset
 from deepfeat.similarity.gram import GRAM_STREAM
-from deepfeat.similarity.sources import _runs, _Source
+from deepfeat.similarity.sources import _Pool, _runs, _Source
 
 _CONST_RTOL = 1e-6  # a hand-crafted column with std <= this x |mean| is constant (float32 rounding, not signal)
+WINDOW_SHARE = 0.25  # share of memory_mb the windows of the features sources may hold together
+
+
+def window_pool(cfg: dict, log=None) -> _Pool:
+    """The window pool of an engine's features sources: :data:`WINDOW_SHARE` of ``memory_mb``."""
+    return _Pool(WINDOW_SHARE * cfg["memory_mb"] * 1e6, log)
 
 
 class _Reader:
     """The training rows (``train`` mask over the N clips of mel.h5) of a set of sources, read in chunks of
-    ``chunk_size`` clips as float64 tensors on ``device``, within the memory budget ``memory_mb``."""
+    ``chunk_size`` clips as float64 tensors on ``device``, within the memory budget ``memory_mb``.
 
-    def __init__(self, sources: Sequence[_Source], train: np.ndarray, cfg: dict, device, log):
+    Features sources (:func:`~deepfeat.similarity.sources.feature_sources`) share one window pool of
+    :data:`WINDOW_SHARE` x ``memory_mb``: a streamed pass reads chunks of at most that many bytes of their float32
+    columns (rows x the total width of the features sources the pass reads x 4 bytes, :meth:`_chunk_rows`), and
+    the Gram-subset readers compute only the subset rows, in windows of columns of that size."""
+
+    def __init__(self, sources: Sequence[_Source], train: np.ndarray, cfg: dict, device, log, pool=None):
         self.src = {s.name: s for s in sources}
         self.seg_src = {}
         for s in sources:
@@ -44,6 +55,14 @@ class _Reader:
         self.cfg, self.device, self.log = cfg, device, log
         self.budget = cfg["memory_mb"] * 1e6
         self.chunk = cfg["chunk_size"]
+        self.pool = pool
+        cols = [s.columns for s in sources if s.take is not None]
+        if cols and pool is None:
+            raise ValueError("similarity: features sources need the window pool they were made with")
+        self.resident = bool(cols) and 4 * self.n * sum(c.P for c in cols) <= pool.limit
+        if self.resident:  # every training row of every layer fits the pool: computed once, read by every pass
+            for c in cols:
+                c.keep(self.rows)
 
     def _gram_subset(self) -> np.ndarray:
         """Choose the seeded Gram subset of m = min(n, gram_max_clips) training rows (sets ``sub_mask`` over the N
@@ -64,6 +83,10 @@ class _Reader:
                 yield i0, i1, sel
 
     def _read(self, src: _Source, i0, i1, sel, c0, c1) -> torch.Tensor:
+        if src.take is not None:  # features source: only the selected rows are computed, all views from one window
+            x = torch.from_numpy(src.take(i0 + sel, c0, c1).astype(np.float64)).to(self.device)
+            self._check_finite(x, src, i0, i1, sel, c0, c1)
+            return x
         if src.read_rows is not None:  # selection and z-scoring fused into the read
             z = src.shift is not None
             if z and (src._np_shift is None or src._np_shift[0] is not src.shift):
@@ -152,13 +175,36 @@ class _Reader:
         parts = [self._read(src, i0, i1, sel, c0, c1) for c0, c1 in runs]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
+    def _chunk_rows(self, views) -> int:
+        """Clips per chunk of a pass over ``views``: ``chunk_size``, fewer when the float32 columns of the features
+        sources the pass reads (all layers of each, computed together) would exceed the window pool."""
+        width = sum(self.src[n].P for n in dict.fromkeys(v[1] for v in views) if self.src[n].take is not None)
+        if not width:
+            return self.chunk
+        return max(1, min(self.chunk, int(self.pool.limit // (4 * width))))
+
     def _stream(self, views, what: str):
         t0, state = time.perf_counter(), {}
-        for i0, i1, sel in self._chunks(self.train):
+        rows = self._chunk_rows(views)
+        for i0, i1, sel in self._chunks(self.train, rows):
             yield {v[0]: self._read_view(v, i0, i1, sel) for v in views}, i0, i1, sel
             self._progress(what, t0, i1, state)
+        if self.pool is not None:
+            self.pool.clear()  # the next pass reads other rows first: free the last chunk's windows now
+
+    def _sub_raw(self, src: _Source, c0: int, c1: int) -> np.ndarray:
+        """Columns [c0, c1) of a features source on the Gram-subset rows: a float32 (m x w) view of its window."""
+        src.columns.purpose = "subset"
+        try:
+            return src.take(np.flatnonzero(self.sub_mask), c0, c1)
+        finally:
+            src.columns.purpose = "chunk"
 
     def _read_sub(self, src: _Source, c0, c1) -> torch.Tensor:
+        if src.take is not None:
+            x = torch.from_numpy(self._sub_raw(src, c0, c1).astype(np.float64)).to(self.device)
+            self._check_finite(x, src, 0, self.N, np.flatnonzero(self.sub_mask), c0, c1)
+            return x
         parts = [self._read(src, i0, i1, sel, c0, c1) for i0, i1, sel in self._chunks(self.sub_mask)]
         return torch.cat(parts, 0)
 
@@ -175,30 +221,15 @@ class _Reader:
     def _sub_blocks(self, src: _Source, c0: int, c1: int, step: int = 4096):
         """Columns [c0, c1) of ``src`` on the Gram-subset rows as centred float64 blocks (m x <= step columns),
         z-scored first for a standardized source. Rows are read once per column range (whole HDF5 chunk rows,
-        straight into reused buffers); each yielded tensor views a buffer that the next block overwrites."""
+        straight into reused buffers; a features source computes only the subset rows); each yielded tensor views
+        a buffer that the next block overwrites."""
         m = self.m
         wc = max(1, min(c1 - c0, int(self.budget / (16 * m))))
         sub_rows = np.flatnonzero(self.sub_mask)
         for r0 in range(c0, c1, wc):
             r1 = min(r0 + wc, c1)
+            sub = self._sub_raw(src, r0, r1) if src.take is not None else self._sub_read(src, r0, r1)
             w = r1 - r0
-            sub = None
-            pos = 0
-            for i0, i1, sel in self._chunks(self.sub_mask, max(1, int(64e6 / (4 * w)))):
-                if src.dset is not None:
-                    x = self._buf("raw", (i1 - i0, w), src.dset.dtype)
-                    src.dset.read_direct(x, np.s_[i0:i1, r0:r1])
-                else:
-                    x = np.asarray(src.read(i0, i1, r0, r1))
-                    if x.shape != (i1 - i0, w):
-                        raise ValueError(
-                            f"{src.label}: expected rows {i0}:{i1} x columns {r0}:{r1}, read shape {x.shape}"
-                        )
-                if sub is None:
-                    sub = self._buf("sub", (m, w), x.dtype)
-                for a, b in _runs(sel):  # contiguous row runs: plain copies (np.take is ~4x slower here)
-                    sub[pos : pos + b - a] = x[a:b]
-                    pos += b - a
             for j0 in range(0, w, step):
                 j1 = min(j0 + step, w)
                 raw = sub[:, j0:j1]
@@ -220,3 +251,17 @@ class _Reader:
                     raise ValueError(f"{src.label}: non-finite value in {where} (columns {r0 + j0}:{r0 + j1})")
                 np.subtract(o if src.shift is not None else raw, mean, out=o)
                 yield torch.from_numpy(o).to(self.device)
+
+    def _sub_read(self, src: _Source, r0: int, r1: int) -> np.ndarray:
+        """Columns [r0, r1) of a file source on the Gram-subset rows (m x w, the file's dtype), in a reused buffer."""
+        w, sub, pos = r1 - r0, None, 0
+        for i0, i1, sel in self._chunks(self.sub_mask, max(1, int(64e6 / (4 * w)))):
+            x = np.asarray(src.read(i0, i1, r0, r1))
+            if x.shape != (i1 - i0, w):
+                raise ValueError(f"{src.label}: expected rows {i0}:{i1} x columns {r0}:{r1}, read shape {x.shape}")
+            if sub is None:
+                sub = self._buf("sub", (self.m, w), x.dtype)
+            for a, b in _runs(sel):  # contiguous row runs: plain copies (np.take is ~4x slower here)
+                sub[pos : pos + b - a] = x[a:b]
+                pos += b - a
+        return sub

@@ -14,13 +14,15 @@ import numpy as np
 
 from deepfeat import config
 from deepfeat.formats.files import atomic_path
+from deepfeat.runtime import UserError
 
 SILENCE_PEAK = 1e-5  # a raw render peaking below this (about -100 dBFS) has no sound (no sample for the key)
 MIN_PEAK_DBFS = -60.0  # every written file peaks above this level
 
 
-class RenderError(ValueError):
-    """A bad render configuration, a missing SoundFont or an unusable score; the message names the key/file."""
+class RenderError(UserError, ValueError):
+    """A bad render configuration, a missing SoundFont or an unusable score; the message names the key/file
+    (an expected error: reported without a traceback)."""
 
 
 def seed_key(s: str) -> int:

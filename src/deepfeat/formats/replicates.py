@@ -1,0 +1,60 @@
+"""``*.boot.h5`` (kind ``replicates``): the bootstrap replicates of the values of one job's table, kept so that any
+two values (of this job or of another job of the dataset) can be compared by a paired interval.
+
+Every job of a dataset draws the same recording-level resamples of the same clips (:mod:`deepfeat.stats`), so
+replicate b of two values comes from one resample and their difference's replicates are simply the differences.
+
+Layout: ``replicates`` float32 (rows x B): row r holds the B replicates of the value described by row r of
+``keys/``; ``keys/<column>`` (one string dataset per key column, rows aligned); ``values`` float64 (rows): the values
+themselves (computed on all clips). Root attributes ``resamples`` (B), ``seed``, ``stream`` (the resample stream of
+:mod:`deepfeat.stats`), ``unit`` (what the clips are, e.g. "test clips"), ``columns`` (JSON list of the key columns
+in order).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from deepfeat.formats.files import STR, open_h5, write_h5
+
+KIND = "replicates"
+
+
+def write_replicates(path, keys: pd.DataFrame, values, replicates, *, seed: int, stream: int, unit: str) -> None:
+    """Write the replicates file ``path`` atomically: ``keys`` (one row per value; its columns are stored as text),
+    ``values`` (rows,) and ``replicates`` (rows x B)."""
+    reps = np.asarray(replicates, np.float32)
+    values = np.asarray(values, np.float64)
+    if reps.ndim != 2 or len(reps) != len(keys) or len(values) != len(keys):
+        raise ValueError(f"{path}: {len(keys)} keys, {len(values)} values and replicates of shape {reps.shape}")
+    with write_h5(path, KIND) as f:
+        f.attrs.update(
+            resamples=int(reps.shape[1]),
+            seed=int(seed),
+            stream=int(stream),
+            unit=str(unit),
+            columns=json.dumps(list(keys.columns)),
+        )
+        g = f.create_group("keys")
+        for c in keys.columns:
+            g.create_dataset(c, data=keys[c].astype(str).to_numpy(dtype=object), dtype=STR)
+        f.create_dataset("values", data=values)
+        f.create_dataset(
+            "replicates", data=reps, chunks=(max(1, min(len(reps), 256)), reps.shape[1]) if len(reps) else None
+        )
+
+
+def read_replicates(path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
+    """(keys DataFrame of strings, values (rows,), replicates float64 (rows x B), attributes) of a replicates
+    file."""
+    with open_h5(path, KIND) as f:
+        cols = json.loads(f.attrs["columns"])
+        keys = pd.DataFrame({c: f["keys"][c].asstr()[:] for c in cols}, columns=cols)
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        return keys, f["values"][:], f["replicates"][:].astype(np.float64), attrs
+
+
+__all__ = ["KIND", "read_replicates", "write_replicates"]
