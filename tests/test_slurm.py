@@ -85,7 +85,7 @@ def test_tiny_workflow_runs_through_slurm(tmp_path):
     for jobid, logfile in ids:
         rule = Path(logfile).parent.parent.name.removeprefix("rule_")
         by_rule.setdefault(rule, []).append(jobid)
-    assert {"render_demo", "ingest", "melspec", "train", "extract", "findings"} <= set(by_rule), by_rule
+    assert {"render_demo", "ingest", "melspec", "train", "probe_deep", "findings"} <= set(by_rule), by_rule
     for rule, jobs in by_rule.items():
         info = subprocess.run(["scontrol", "-o", "show", "job", jobs[0]], capture_output=True, text=True).stdout
         assert f"JobId={jobs[0]}" in info, (rule, info)
