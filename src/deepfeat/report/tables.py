@@ -13,8 +13,8 @@ Definitions used throughout (every table carries a ``dataset`` column first):
 * ``mean`` / ``sd`` are the mean and the sample standard deviation (ddof = 1; NaN for a single value) over
   seeds, ``n`` the number of seeds. Hand-crafted features: over probe seeds. Deep features: over model seeds
   (every model seed is probed with the same probe seed, the first of ``probe.seeds``; older tables with several
-  probe seeds per model seed are averaged per model seed first). Networks: over model seeds, the last epoch's test metric.
-  Similarities: over every seed (or seed pair) that shares the other keys.
+  probe seeds per model seed are averaged per model seed first). Networks: over model seeds, the last epoch's
+  test metric. Similarities: over every seed (or seed pair) that shares the other keys.
 * Chance (``chance.csv``): classification = majority-class share of the test split (%); regression = RMSE of
   predicting the training-split mean on the test split.
 * ``gain`` (concatenation table) is an improvement: accuracy(concat) - accuracy(alone) in percentage points,
