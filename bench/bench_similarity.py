@@ -93,22 +93,31 @@ def hc_dims() -> dict[str, int]:
     return d
 
 
-def make_files(root: Path, n: int, seed: int = 0):
-    """Write mel.h5 (clip table), handcrafted.h5 and deep.h5; return the training rows the references get."""
-    rng = np.random.default_rng(seed)
-    N = int(round(n / 0.7))
+TASKS = [{"name": "family", "type": "classification", "label": "family"}]
+
+
+def clip_table(rng, n_train: int, id_width: int = 0) -> pd.DataFrame:
+    """The clip table of n_train / 0.7 synthetic clips (one recording each, 8 random families), n_train of them in
+    the training split drawn with ``rng``; clip ids ``c<i>`` zero-padded to ``id_width`` digits."""
+    N = int(round(n_train / 0.7))
     split = np.ones(N, np.uint8)
-    split[rng.choice(N, n, replace=False)] = 0
-    meta = pd.DataFrame(
+    split[rng.choice(N, n_train, replace=False)] = 0
+    return pd.DataFrame(
         {
-            "clip_id": [f"c{i}" for i in range(N)],
+            "clip_id": [f"c{i:0{id_width}d}" for i in range(N)],
             "recording": [f"r{i}" for i in range(N)],
             "offset": np.zeros(N),
             "split": split,
             "family": rng.integers(0, 8, N).astype(str),
         }
     )
-    tasks = [{"name": "family", "type": "classification", "label": "family"}]
+
+
+def make_files(root: Path, n: int, seed: int = 0):
+    """Write mel.h5 (clip table), handcrafted.h5 and deep.h5; return the training rows the references get."""
+    rng = np.random.default_rng(seed)
+    meta = clip_table(rng, n)
+    N, split, tasks = len(meta), meta["split"].to_numpy(), TASKS
     with write_h5(root / "mel.h5", "mel") as f:
         f.create_dataset("mel", data=np.zeros((N, 1, 1), np.float32))
         f.attrs.update(sample_rate=16000, train_mean=0.0, train_std=1.0)
@@ -339,19 +348,8 @@ def scale_files(root: Path, n_train: int, archs, seed: int = 0) -> dict:
     from deepfeat.nets.models import build_model, cpu_state
 
     rng = np.random.default_rng(seed)
-    N = int(round(n_train / 0.7))
-    split = np.ones(N, np.uint8)
-    split[rng.choice(N, n_train, replace=False)] = 0
-    meta = pd.DataFrame(
-        {
-            "clip_id": [f"c{i:06d}" for i in range(N)],
-            "recording": [f"r{i}" for i in range(N)],
-            "offset": np.zeros(N),
-            "split": split,
-            "family": rng.integers(0, 8, N).astype(str),
-        }
-    )
-    tasks = [{"name": "family", "type": "classification", "label": "family"}]
+    meta = clip_table(rng, n_train, id_width=6)
+    N, split, tasks = len(meta), meta["split"].to_numpy(), TASKS
     block = 1024
     S = S2 = 0.0
     with write_h5(root / "mel.h5", "mel") as f:
