@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from deepfeat.formats.cliptable import copy_clip_table
-from deepfeat.formats.files import OpenFile, decode, open_h5, write_h5
+from deepfeat.formats.files import OpenFile, decode, open_h5, row_selection, write_h5
 
 KIND = "deep"
 STATES = ("trained", "untrained")
@@ -112,9 +112,7 @@ class StoredFeatures(OpenFile):
 
     def rows(self, state: str, idx: np.ndarray, layers=None) -> dict[str, np.ndarray]:
         """{layer: float32 array (len(idx), d)} of the sorted, distinct clip indices ``idx``."""
-        idx = np.asarray(idx, dtype=np.int64)
-        run = len(idx) and idx[-1] - idx[0] + 1 == len(idx)
-        sel = np.s_[int(idx[0]) : int(idx[-1]) + 1] if run else idx
+        sel = row_selection(idx)
         return {a: self._f[state][a][sel] for a in (self.layers if layers is None else layers)}
 
     def batches(self, state: str, idx: np.ndarray, layers=None):

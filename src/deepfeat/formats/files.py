@@ -92,6 +92,15 @@ def open_h5(path: str | os.PathLike, kind: str | None = None) -> h5py.File:
     return f
 
 
+def row_selection(idx) -> slice | np.ndarray:
+    """How to read the sorted, distinct row indices ``idx`` from an HDF5 dataset: one slice when they are a
+    contiguous run (one read), else the int64 indices themselves."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+        return np.s_[int(idx[0]) : int(idx[-1]) + 1]
+    return idx
+
+
 class OpenFile:
     """Base of the readers that hold one open HDF5 file in ``self._f``: a context manager that closes it."""
 

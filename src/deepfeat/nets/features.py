@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from deepfeat.formats.deep import STATES
-from deepfeat.formats.files import OpenFile
+from deepfeat.formats.files import OpenFile, row_selection
 from deepfeat.formats.mel import open_mel, standardisation
 from deepfeat.nets.activations import layer_activations, standardise_input
 from deepfeat.nets.models import load_model
@@ -49,10 +49,7 @@ def check_mel(f, mel_path, model_path, meta: dict) -> None:
 
 def mel_rows(ds, idx: np.ndarray) -> np.ndarray:
     """The spectrograms of the sorted, distinct clip indices ``idx`` (a contiguous run is read as one slice)."""
-    idx = np.asarray(idx, dtype=np.int64)
-    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
-        return ds[int(idx[0]) : int(idx[-1]) + 1]
-    return ds[idx]
+    return ds[row_selection(idx)]
 
 
 class ModelFeatures(OpenFile):

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from deepfeat.formats.files import row_selection
 from deepfeat.probe.standardisation import GramAccumulator, RunningStats, rows_per_chunk, standardise_rows
 
 FLOAT_COST = 1.0  # estimated multiply-adds per value read from a stage file (decompression, copies)
@@ -30,13 +31,6 @@ FLOAT_COST = 1.0  # estimated multiply-adds per value read from a stage file (de
 def _as_tensor(x, device) -> torch.Tensor:
     x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     return x.to(device=device, dtype=torch.float32)
-
-
-def _runs(idx: np.ndarray) -> np.s_:
-    """A slice when the sorted indices ``idx`` are one contiguous run (one read), else the indices."""
-    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
-        return np.s_[int(idx[0]) : int(idx[-1]) + 1]
-    return idx
 
 
 class DatasetSource:
@@ -48,7 +42,7 @@ class DatasetSource:
         self.cost = FLOAT_COST * self.d
 
     def raw(self, idx: np.ndarray) -> torch.Tensor:
-        return _as_tensor(self.ds[_runs(np.asarray(idx, dtype=np.int64))], self.device)
+        return _as_tensor(self.ds[row_selection(idx)], self.device)
 
 
 def forward_cost(feats, state: str, layer: str) -> float:
