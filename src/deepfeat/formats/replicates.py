@@ -8,11 +8,13 @@ Layout: ``replicates`` float32 (rows x B): row r holds the B replicates of the v
 ``keys/``; ``keys/<column>`` (one string dataset per key column, rows aligned); ``values`` float64 (rows): the values
 themselves (computed on all clips). Root attributes ``resamples`` (B), ``seed``, ``stream`` (the resample stream of
 :mod:`deepfeat.stats`), ``unit`` (what the clips are, e.g. "test clips"), ``columns`` (JSON list of the key columns
-in order).
+in order), ``clips`` (:func:`fingerprint` of the ids of the resampled clips, in order: two files are paired
+through the same resamples only when their fingerprints, seeds and streams agree).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -23,9 +25,20 @@ from deepfeat.formats.files import STR, open_h5, write_h5
 KIND = "replicates"
 
 
-def write_replicates(path, keys: pd.DataFrame, values, replicates, *, seed: int, stream: int, unit: str) -> None:
+def fingerprint(clip_ids) -> str:
+    """SHA-1 (hex) of the clip ids in order: names the clips a file's resamples were drawn over."""
+    h = hashlib.sha1()
+    for c in np.asarray(clip_ids).astype(str):
+        h.update(c.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def write_replicates(
+    path, keys: pd.DataFrame, values, replicates, *, seed: int, stream: int, unit: str, clips: str = ""
+) -> None:
     """Write the replicates file ``path`` atomically: ``keys`` (one row per value; its columns are stored as text),
-    ``values`` (rows,) and ``replicates`` (rows x B)."""
+    ``values`` (rows,), ``replicates`` (rows x B) and ``clips`` (the :func:`fingerprint` of the resampled clips)."""
     reps = np.asarray(replicates, np.float32)
     values = np.asarray(values, np.float64)
     if reps.ndim != 2 or len(reps) != len(keys) or len(values) != len(keys):
@@ -37,6 +50,7 @@ def write_replicates(path, keys: pd.DataFrame, values, replicates, *, seed: int,
             stream=int(stream),
             unit=str(unit),
             columns=json.dumps(list(keys.columns)),
+            clips=str(clips),
         )
         g = f.create_group("keys")
         for c in keys.columns:
@@ -57,4 +71,4 @@ def read_replicates(path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
         return keys, f["values"][:], f["replicates"][:].astype(np.float64), attrs
 
 
-__all__ = ["KIND", "read_replicates", "write_replicates"]
+__all__ = ["KIND", "fingerprint", "read_replicates", "write_replicates"]

@@ -25,6 +25,8 @@ import pandas as pd
 from deepfeat.formats.files import write_csv
 
 MEASURES = ["cka", "cka_debiased", "r2_lr", "r2_cca", "rho_cca", "r2_svcca", "rho_svcca"]
+#: the held-out twins (fitted on the training split, evaluated on the test split) and the Procrustes shape distance
+MEASURES += ["r2_lr_test", "r2_cca_test", "rho_cca_test", "r2_svcca_test", "rho_svcca_test", "procrustes"]
 COMPARISONS = (
     "deep_vs_handcrafted trained_vs_untrained layer_vs_layer seed_vs_seed arch_vs_arch channel_vs_channel"
 ).split()
