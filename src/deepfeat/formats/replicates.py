@@ -71,4 +71,31 @@ def read_replicates(path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
         return keys, f["values"][:], f["replicates"][:].astype(np.float64), attrs
 
 
-__all__ = ["KIND", "fingerprint", "read_replicates", "write_replicates"]
+def read_stacked(paths) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
+    """The rows of several replicates files stacked (keys, values, replicates, attributes of the first file), for
+    files drawn over the same resamples: their ``resamples``, ``seed``, ``stream`` and ``clips`` must agree (a
+    ValueError names the first file that differs). The key columns are the union, '' where a file lacks one.
+    No paths give empty keys and a (0 x 0) array."""
+    paths = [p for p in paths]
+    if not paths:
+        return pd.DataFrame(), np.zeros(0), np.zeros((0, 0)), {}
+    keys, values, reps, first = [], [], [], None
+    for p in paths:
+        k, v, r, a = read_replicates(p)
+        if first is None:
+            first = (p, a)
+        else:
+            for attr in ("resamples", "seed", "stream", "clips"):
+                if a.get(attr) != first[1].get(attr):
+                    raise ValueError(
+                        f"{p}: {attr} {a.get(attr)!r} differs from {first[1].get(attr)!r} of {first[0]}: the two "
+                        "files were not drawn over the same resamples (rerun both with the same stats settings)"
+                    )
+        keys.append(k)
+        values.append(v)
+        reps.append(r)
+    keys = pd.concat(keys, ignore_index=True).fillna("")
+    return keys, np.concatenate(values), np.concatenate(reps), first[1]
+
+
+__all__ = ["KIND", "fingerprint", "read_replicates", "read_stacked", "write_replicates"]
