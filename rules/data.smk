@@ -24,7 +24,7 @@ rule ingest:
     input:
         source=ingest_source,
     output:
-        clips=f"{R}/{{dataset}}/clips.h5",
+        clips=clips_file(),
     log:
         "logs/{dataset}/ingest.log",
     benchmark:
