@@ -39,12 +39,6 @@ def tuning(rule):
     return lambda w: rule_tuning(config, rule, w.dataset)
 
 
-def clips_file():
-    """clips.h5 of a dataset: temporary unless ingest.keep_clips (only melspec and handcrafted read it)."""
-    path = f"{R}/{{dataset}}/clips.h5"
-    return path if config["ingest"]["keep_clips"] else temp(path)
-
-
 def ds_cfg(w):
     return config["datasets"][w.dataset]
 

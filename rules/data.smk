@@ -24,7 +24,7 @@ rule ingest:
     input:
         source=ingest_source,
     output:
-        clips=clips_file(),
+        clips=f"{R}/{{dataset}}/clips.h5",
     log:
         "logs/{dataset}/ingest.log",
     benchmark:

@@ -48,12 +48,8 @@ JOBS = {
     "findings": "deepfeat.report:write_findings",
 }
 
-#: config keys the workflow itself reads (the grid, the results folder, whether clips.h5 is kept), besides the jobs' settings
-WORKFLOW_KEYS = {
-    "": ("results", "datasets"),
-    "models": ("architectures", "seeds", "train_tasks"),
-    "ingest": ("keep_clips",),
-}
+#: config keys the workflow itself reads (the grid and the results folder), besides the jobs' settings
+WORKFLOW_KEYS = {"": ("results", "datasets"), "models": ("architectures", "seeds", "train_tasks")}
 
 
 # ----------------------------------------------------------------------------------------------------------
