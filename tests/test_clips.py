@@ -36,6 +36,7 @@ def test_int16_storage_round_trips_exactly(tmp_path):
         f.attrs["sample_rate"] = SR
     with open_clips(tmp_path / "c.h5") as f:
         assert f["audio"].dtype == np.int16 and f["audio"].attrs["scale"] == PCM16_SCALE == 2.0**-15
+        assert (f["audio"].compression, f["audio"].shuffle) == ("gzip", True)  # lossless, checked below
         a = clip_audio(f)
         assert a.storage == "int16" and a.shape == (5, 1000) and len(a) == 5
         got = a[1:4]
