@@ -147,7 +147,7 @@ def test_recordings_metadata_match_the_audio_files(rendered):
     assert list(md.columns) == ["path", "composer", "work"] and len(md) == 2 == m["n_files"]
     assert sorted(md["composer"]) == ["bach", "palestrina"]
     for r in md.itertuples():
-        assert r.path == f"audio/{r.composer}/{r.work}.wav"
+        assert r.path == f"audio/{r.composer}/{r.work}.flac"
         info = sf.info(str(folder / r.path))
         assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "PCM_16")
         assert R.MIN_WORK_SECONDS * 22050 <= info.frames <= 12 * 22050
@@ -162,10 +162,10 @@ def test_recordings_metadata_match_the_audio_files(rendered):
         "ensemble_01": "american",
     }
     for r in md.itertuples():
-        assert r.path == f"audio/{r.ensemble}/{r.work}.wav"
+        assert r.path == f"audio/{r.ensemble}/{r.work}.flac"
         # every ensemble plays the full max_seconds_per_work of every work (the works are chosen long enough)
         assert sf.info(str(folder / r.path)).frames == 12 * 22050
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.wav")) == sorted(md["path"])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.flac")) == sorted(md["path"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_recordings_metadata_match_the_audio_files(rendered):
 # ----------------------------------------------------------------------------------------------------------
 def test_no_file_clips_and_none_is_silent(rendered):
     for kind, (folder, _) in rendered.items():
-        for p in folder.rglob("*.wav"):
+        for p in [*folder.rglob("*.wav"), *folder.rglob("*.flac")]:
             q, _ = sf.read(str(p), dtype="int16")
             peak = np.abs(q.astype(np.int64)).max()
             assert peak <= round(32767 * 10 ** (-1 / 20)), (p, peak)  # peak_dbfs -1: never at full scale

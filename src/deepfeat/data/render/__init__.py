@@ -16,14 +16,14 @@ shipped with ``music21``. Three kinds (``render.kind``) mirror the three dataset
 ``scores`` (Composer-like)
     ``works_per_composer`` works of each of ``composers`` (seeded choice among the corpus files), every work
     played by the same fixed string ensemble (:func:`neutral_ensemble`), cut at ``max_seconds_per_work``.
-    Written as ``metadata.csv`` (columns path, composer, work) + ``audio/<composer>/<work>.wav``.
+    Written as ``metadata.csv`` (columns path, composer, work) + ``audio/<composer>/<work>.flac``.
 ``ensembles`` (Beethoven-like)
     ``works`` works of ``composer``, each played by ``ensembles`` virtual ensembles (:func:`draw_ensembles`) that
     differ in performance style: GM programs per register, tempo factor, tuning (A4 = 430..446 Hz), dynamics
     (level and a slow swell), articulation (sounding fraction of each written note) and room (a seeded
     exponentially decaying noise reverb). Half of the ensembles are of region "european", half "american";
     the regions draw their style from different ranges (:data:`REGION_STYLES`). Written as ``metadata.csv``
-    (columns path, ensemble, work, region) + ``audio/<ensemble>/<work>.wav``.
+    (columns path, ensemble, work, region) + ``audio/<ensemble>/<work>.flac``.
 
 Levels: samples are written as 16-bit PCM. ``normalize: file`` scales every file so its peak is ``peak_dbfs``
 (default -1 dBFS); ``normalize: instrument`` (the default of ``notes``) scales all notes of one GM program by
@@ -73,7 +73,7 @@ from deepfeat.data.render.synth import (
     peak_dbfs,
     quiet_chunks,
     resolve_soundfont,
-    write_wav,
+    write_pcm16,
 )
 
 __all__ = [
@@ -111,5 +111,5 @@ __all__ = [
     "room_response",
     "score_events",
     "work_name",
-    "write_wav",
+    "write_pcm16",
 ]

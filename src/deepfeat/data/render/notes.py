@@ -24,7 +24,7 @@ from deepfeat.data.render.synth import (
     RenderError,
     peak_dbfs,
     seed_key,
-    write_wav,
+    write_pcm16,
 )
 from deepfeat.formats.files import write_json
 
@@ -216,7 +216,7 @@ def _write_program(out_dir: Path, fam: str, prog: int, notes, audio, cfg: dict, 
                 f"{nid}: peak {peak_dbfs(z):.1f} dBFS below {MIN_PEAK_DBFS:g} dBFS after "
                 "normalisation; use render.normalize: file"
             )
-        write_wav(out_dir / "audio" / f"{nid}.wav", z, sr)
+        write_pcm16(out_dir / "audio" / f"{nid}.wav", z, sr)
         examples[nid] = _note_example(fam, prog, pitch, vel, sr)
 
 

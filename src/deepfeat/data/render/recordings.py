@@ -3,11 +3,11 @@
 ``scores``: ``works_per_composer`` works of each of ``composers`` (seeded choice among the corpus files), every
 work played by the same fixed string ensemble (:func:`~deepfeat.data.render.ensembles.neutral_ensemble`), cut at
 ``max_seconds_per_work``. Written as ``metadata.csv`` (columns path, composer, work) +
-``audio/<composer>/<work>.wav``.
+``audio/<composer>/<work>.flac``.
 
 ``ensembles``: ``works`` works of ``composer``, each played by ``ensembles`` virtual ensembles
 (:func:`~deepfeat.data.render.ensembles.draw_ensembles`). Written as ``metadata.csv`` (columns path, ensemble,
-work, region) + ``audio/<ensemble>/<work>.wav``.
+work, region) + ``audio/<ensemble>/<work>.flac``.
 
 Every performance is scaled so that its peak is ``peak_dbfs``; a nearly silent 4 s chunk is logged and listed in
 the manifest (``quiet_chunks``).
@@ -24,7 +24,7 @@ import pandas as pd
 
 from deepfeat.data.render.ensembles import draw_ensembles, neutral_ensemble, perform
 from deepfeat.data.render.scores import MIN_WORK_SECONDS, pick_works, work_name
-from deepfeat.data.render.synth import MIN_PEAK_DBFS, normalize_peak, quiet_chunks, write_wav
+from deepfeat.data.render.synth import MIN_PEAK_DBFS, normalize_peak, quiet_chunks, write_pcm16
 from deepfeat.formats.files import write_csv
 
 
@@ -34,7 +34,7 @@ def write_performance(out_dir: Path, path: str, y: np.ndarray, sr: int, quiet: l
     if q:
         quiet.append({"path": path, "offsets": q})
         log.warning(f"{path}: {len(q)} nearly silent 4 s chunk(s) (peak < {MIN_PEAK_DBFS:g} dBFS) at {q[:5]} s")
-    write_wav(out_dir / path, y, sr)
+    write_pcm16(out_dir / path, y, sr)
 
 
 def render_scores(out_dir: Path, cfg: dict, sr: int, sf_bytes: bytes, log) -> dict:
@@ -50,7 +50,7 @@ def render_scores(out_dir: Path, cfg: dict, sr: int, sf_bytes: bytes, log) -> di
         for rel, ev in chosen:
             name = work_name(rel)
             y = normalize_peak(perform(ev, ens, sf_bytes, sr, max_s), float(cfg["peak_dbfs"]), rel)
-            path = f"audio/{comp}/{name}.wav"
+            path = f"audio/{comp}/{name}.flac"
             write_performance(out_dir, path, y, sr, quiet, log)
             rows.append({"path": path, "composer": comp, "work": name})
             works.append(
@@ -103,7 +103,7 @@ def render_ensembles(out_dir: Path, cfg: dict, sr: int, sf_bytes: bytes, log) ->
         works.append({"work": name, "corpus_path": rel, "score_seconds": ev.seconds})
         for e in ensembles:
             y = normalize_peak(perform(ev, e, sf_bytes, sr, max_s), float(cfg["peak_dbfs"]), f"{rel} by {e.name}")
-            path = f"audio/{e.name}/{name}.wav"
+            path = f"audio/{e.name}/{name}.flac"
             write_performance(out_dir, path, y, sr, quiet, log)
             rows.append({"path": path, "ensemble": e.name, "work": name, "region": e.region})
             total += y.size / sr

@@ -155,15 +155,20 @@ def quiet_chunks(y: np.ndarray, sr: int, seconds: float | None = None) -> list[f
     return [i * seconds for i in np.flatnonzero(peaks < 10.0 ** (MIN_PEAK_DBFS / 20.0))]
 
 
-def write_wav(path: Path, y: np.ndarray, sr: int) -> None:
-    """Write mono samples (full scale = 1.0) as 16-bit PCM WAV, atomically; values are rounded, never clipped.
+def write_pcm16(path: Path, y: np.ndarray, sr: int) -> None:
+    """Write mono samples (full scale = 1.0) as 16-bit PCM, atomically: WAV for a ``.wav`` path, FLAC (lossless,
+    the same samples in about half the bytes) for ``.flac``; values are rounded, never clipped.
 
     Raises RenderError if a sample would exceed the 16-bit range (the caller normalises first).
     """
     import soundfile as sf
 
+    path = Path(path)
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
+    if fmt is None:
+        raise RenderError(f"{path}: write_pcm16 writes .wav or .flac files")
     q = np.round(np.asarray(y, np.float64) * 32767.0)
     if q.size == 0 or np.abs(q).max() > 32767:
         raise RenderError(f"{path}: samples outside [-1, 1] (peak {peak_dbfs(y):.2f} dBFS) or empty")
-    with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(str(tmp), q.astype(np.int16), int(sr), subtype="PCM_16", format="WAV")
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        sf.write(str(tmp), q.astype(np.int16), int(sr), subtype="PCM_16", format=fmt)
