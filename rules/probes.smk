@@ -1,4 +1,5 @@
-# Decoding probes: every hand-crafted feature and every layer of every network, on every task.
+# Decoding probes: every hand-crafted feature and every layer of every network, on every task and its control
+# task; each job also writes the bootstrap replicates of its test scores (*.boot.h5).
 
 
 rule probe_handcrafted:
@@ -8,6 +9,7 @@ rule probe_handcrafted:
     output:
         scores=f"{R}/{{dataset}}/probes/handcrafted.csv",
         confusion=f"{R}/{{dataset}}/probes/handcrafted.confusion.csv",
+        boot=f"{R}/{{dataset}}/probes/handcrafted.boot.h5",
     log:
         "logs/{dataset}/probe_handcrafted.log",
     benchmark:
@@ -34,6 +36,7 @@ rule probe_deep:
     output:
         scores=f"{R}/{{dataset}}/probes/deep/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
         confusion=f"{R}/{{dataset}}/probes/deep/{{task}}/{{conv_arch}}/seed{{seed}}.confusion.csv",
+        boot=f"{R}/{{dataset}}/probes/deep/{{task}}/{{conv_arch}}/seed{{seed}}.boot.h5",
     log:
         "logs/{dataset}/probe_deep/{task}/{conv_arch}/seed{seed}.log",
     benchmark:

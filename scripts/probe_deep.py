@@ -1,4 +1,5 @@
-"""Rule `probe_deep`: every layer of one model on every task, plus conv3 + hand-crafted concatenations."""
+"""Rule `probe_deep`: every layer of one model on every task and its control, plus conv3 + hand-crafted
+concatenations."""
 
 from deepfeat.probe import probe_deep
 from deepfeat.workflow import run_job

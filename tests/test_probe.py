@@ -18,6 +18,7 @@ from deepfeat import config, workflow
 from deepfeat.formats.cliptable import seeded_subset
 from deepfeat.formats.files import write_h5
 from deepfeat.formats.models import save_model
+from deepfeat.formats.replicates import read_replicates
 from deepfeat.formats.tables import CONFUSION_COLUMNS, PROBE_COLUMNS
 from deepfeat.nets import extract_features
 from deepfeat.nets.models import build_model, cpu_state
@@ -42,21 +43,23 @@ FAST = {"epochs": 100, "seeds": [0, 1], "device": "cpu", "ridge": 1.0e-3}
 LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3"]
 
 
-def run_handcrafted(folder, params, log=None, out=None):
-    """probe_handcrafted on folder/{handcrafted,mel}.h5, tables written under ``out`` (default folder/out)."""
+def run_handcrafted(folder, params, log=None, out=None, st=None):
+    """probe_handcrafted on folder/{handcrafted,mel}.h5, tables written under ``out`` (default folder/out);
+    ``st``: the stats settings (defaults when None)."""
     out = folder / "out" if out is None else out
     return probe_handcrafted(
         features=folder / "handcrafted.h5",
         mel=folder / "mel.h5",
         scores=out / "handcrafted.csv",
         confusion=out / "handcrafted.confusion.csv",
-        settings={"probe": params},
+        boot=out / "handcrafted.boot.h5",
+        settings={"probe": params, "stats": st or {}},
         dataset="toy",
         log=log,
     )
 
 
-def run_deep(folder, params, log=None, deep="seed10.h5", out=None, model=None, deep_settings=None):
+def run_deep(folder, params, log=None, deep="seed10.h5", out=None, model=None, deep_settings=None, st=None):
     """probe_deep on folder/<deep> (an exported deep-feature file; its layers are probed) or, with ``deep=None``,
     on the layers computed from ``model``, with folder/{handcrafted,mel}.h5; tables written under ``out``."""
     out = folder / "out" if out is None else out
@@ -71,10 +74,16 @@ def run_deep(folder, params, log=None, deep="seed10.h5", out=None, model=None, d
         mel=folder / "mel.h5",
         scores=out / "deep.csv",
         confusion=out / "deep.confusion.csv",
-        settings={"probe": params, "deep": dp},
+        boot=out / "deep.boot.h5",
+        settings={"probe": params, "deep": dp, "stats": st or {}},
         dataset="toy",
         log=log,
     )
+
+
+def task_rows(scores):
+    """The rows of the task probes (the control probes are tested in test_probe_control.py)."""
+    return scores[scores["labels"] == "task"].reset_index(drop=True)
 
 
 def blobs(n, d, n_classes, sep, seed):
@@ -553,6 +562,7 @@ def test_probe_handcrafted_tidy_tables(stage_files):
     n_test = int((meta["split"] == 1).sum())
     log, lines = list_logger("test_probe.handcrafted")
     scores, conf = run_handcrafted(tmp, FAST, log)
+    scores = task_rows(scores)
     # one progress line per probe: feature, task, seconds, score
     assert (
         sum(
@@ -561,7 +571,7 @@ def test_probe_handcrafted_tidy_tables(stage_files):
         )
         == 5 * 2
     )
-    assert sum(x.startswith("probe ") and "task pitch" in x and "OLS" in x for x in lines) == 5
+    assert sum(x.startswith("probe ") and "task pitch |" in x and "OLS" in x for x in lines) == 5
     assert list(scores.columns) == PROBE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
     # 5 features x (family: 2 seeds x 2 splits + pitch: 1 x 2 splits)
     assert len(scores) == 5 * (2 * 2 + 2)
@@ -592,6 +602,7 @@ def test_probe_handcrafted_ridge_auto_logs_the_grid_and_the_choice(stage_files):
     tmp, _ = stage_files
     log, lines = list_logger("test_probe.handcrafted_auto")
     scores, _ = run_handcrafted(tmp, {**FAST, "seeds": [0], "ridge": "auto"}, log)
+    scores = task_rows(scores)
     assert sum("leave-one-out" in x and "1.000e-06" in x and "1.000e+03" in x for x in lines) == 1
     # widths 5-12 < 42 training clips: the p x p covariance (primal) form, never the n x n eigendecomposition
     assert (
@@ -617,7 +628,8 @@ def test_probe_deep_tidy_tables_and_concatenation(stage_files):
     params = {**FAST, "concat_features": ["Time to -70 dB", "Mean Wavelet (25)"]}
     log, lines = list_logger("test_probe.deep")
     scores, conf = run_deep(tmp, params, log)
-    assert sum("Regular conv1" in x and "task pitch" in x and "dual ridge" in x for x in lines) == 2
+    scores = task_rows(scores)
+    assert sum("Regular conv1" in x and "task pitch |" in x and "dual ridge" in x for x in lines) == 2
     assert list(scores.columns) == PROBE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
     layer_rows = scores[~scores["feature"].str.contains(r"\+")]
     # 3 layers x 2 (trained/untrained) x 2 tasks x 2 splits, probe seed = model seed
@@ -682,7 +694,7 @@ def test_probe_deep_dual_and_primal_forms_give_the_same_tables(tmp_path, monkeyp
         params,
         form="primal",
     )
-    s = auto[0].set_index(["feature", "split"])
+    s = task_rows(auto[0]).set_index(["feature", "split"])
     assert s.loc[("Regular conv3 + Mean Wavelet (25)", "test"), "value"] == direct["test_acc"][0, 0, 0]
     assert s.loc[("Regular conv3 + Mean Wavelet (25)", "train"), "value"] == direct["train_acc"][0, 0, 0]
 
@@ -728,7 +740,11 @@ def test_snakemake_scripts_write_the_tables(model_stage, tmp_path):
         ),
     }
     for name, (inputs, wildcards) in runs.items():
-        out = {"scores": str(tmp / name / "s.csv"), "confusion": str(tmp / name / "s.confusion.csv")}
+        out = {
+            "scores": str(tmp / name / "s.csv"),
+            "confusion": str(tmp / name / "s.confusion.csv"),
+            "boot": str(tmp / name / "s.boot.h5"),
+        }
         smk = SimpleNamespace(
             input=Namedlist(fromdict=inputs),
             output=Namedlist(fromdict=out),
@@ -742,7 +758,9 @@ def test_snakemake_scripts_write_the_tables(model_stage, tmp_path):
         scores = pd.read_csv(out["scores"], keep_default_na=False)
         conf = pd.read_csv(out["confusion"], keep_default_na=False)
         assert list(scores.columns) == PROBE_COLUMNS and list(conf.columns) == CONFUSION_COLUMNS
-        assert len(scores) > 0 and len(conf) > 0
+        assert len(scores) > 0 and len(conf) > 0 and set(scores["labels"]) == {"task", "control"}
+        keys, values, reps, attrs = read_replicates(out["boot"])
+        assert len(keys) == (scores["split"] == "test").sum() and reps.shape[1] == config.default("stats", "resamples")
         assert "| task family |" in (tmp / f"{name}.log").read_text()
         assert not list((tmp / name).glob(".*"))  # no temporary files left
     assert "Regular conv3 + Random" in set(scores["feature"])
@@ -763,11 +781,15 @@ def test_job_declarations_and_unknown_settings():
     """The declared reads/tunes (what the workflow passes and watches); unknown keys are refused by name."""
     reads = ["epochs", "lr", "momentum", "batch_size", "seeds", "ridge", "dual_max_clips", "covariance_max_width"]
     assert workflow.job_spec("probe_handcrafted") == {
-        "reads": {"probe": reads},
+        "reads": {"probe": reads, "stats": ["seed", "resamples"]},
         "tunes": {"probe": ["device", "memory_mb"]},
     }
     assert workflow.job_spec("probe_deep") == {
-        "reads": {"probe": reads + ["concat_features"], "deep": ["layers", "point", "average_channels"]},
+        "reads": {
+            "probe": reads + ["concat_features"],
+            "deep": ["layers", "point", "average_channels"],
+            "stats": ["seed", "resamples"],
+        },
         "tunes": {"probe": ["device", "memory_mb"], "deep": ["batch_size"]},
     }
     spec = probe_deep.job.resolve({"probe": {"epochs": 3}})
@@ -780,6 +802,7 @@ def test_job_declarations_and_unknown_settings():
             mel="m.h5",
             scores="s.csv",
             confusion="c.csv",
+            boot="b.h5",
             settings={"probe": {"epoch": 3}},
             dataset="toy",
         )
@@ -790,6 +813,7 @@ def test_job_declarations_and_unknown_settings():
             mel="m.h5",
             scores="s.csv",
             confusion="c.csv",
+            boot="b.h5",
             settings={"probe": {"seed": 3}},
             dataset="toy",
         )
@@ -799,6 +823,7 @@ def test_job_declarations_and_unknown_settings():
             mel="m.h5",
             scores="s.csv",
             confusion="c.csv",
+            boot="b.h5",
             settings={"probe": {"epochs": 0}},
             dataset="toy",
         )
@@ -940,7 +965,7 @@ def test_probe_deep_on_demand_equals_the_exported_deep_file(model_stage):
     stored = run_deep(tmp, params, deep="seed10.h5", out=tmp / "stored")
     for a, b in zip(on, stored):
         pd.testing.assert_frame_equal(a, b)
-    assert set(on[0]["layer"]) == set(LAYERS) and len(on[0]) == 5 * 2 * 2 * 2 + 2 * 2
+    assert set(on[0]["layer"]) == set(LAYERS) and len(task_rows(on[0])) == 5 * 2 * 2 * 2 + 2 * 2
     assert sum(x.startswith("pass 1/1: layers ['conv1', 'pool1', 'conv2', 'pool2', 'conv3']") for x in lines) == 1
     assert sum(" plan resident (rows held), " in x and " MB planned" in x for x in lines) == 5 + 2
     with pytest.raises(ValueError, match=r"seed10\.h5: holds layers .* deep\.layers asks for \['fc1'\]"):
@@ -1022,7 +1047,7 @@ def test_regression_beyond_the_caps_is_fitted_on_a_seeded_subset(stage_files):
     params["covariance_max_width"] = 39  # pool1 (40 wide < 42 clips) beyond it; conv3 (6) within
     log, lines = list_logger("test_probe.subset")
     scores, _ = run_deep(tmp, params, log)
-    sub = [x for x in lines if "task pitch" in x and "seeded subset" in x]
+    sub = [x for x in lines if "task pitch |" in x and "seeded subset" in x]
     assert len(sub) == 2 * 2  # conv1 (70 wide >= 42 clips > dual_max_clips 20), pool1 (40 > covariance_max_width)
     assert all("20 training clips (a seeded subset of the 42" in x for x in sub)
     split = meta["split"].to_numpy()
@@ -1031,7 +1056,7 @@ def test_regression_beyond_the_caps_is_fitted_on_a_seeded_subset(stage_files):
     pos = seeded_subset(42, 20, 4, 1)  # the first probe seed, the subsets' stream
     y = meta["pitch"].to_numpy()
     ref = fit_linear(Ztr[pos], y[split == 0][pos], Zte, y[split == 1], ridge="auto", form="dual")
-    s = scores.set_index(["feature", "trained", "probe_task", "split"])["value"]
+    s = task_rows(scores).set_index(["feature", "trained", "probe_task", "split"])["value"]
     assert s[("Regular pool1", "trained", "pitch", "test")] == pytest.approx(ref["test_rmse"], rel=1e-9)
     assert s[("Regular pool1", "trained", "pitch", "train")] == pytest.approx(ref["train_rmse"], rel=1e-9)
     assert not any("seeded subset" in x for x in lines if "conv3" in x)

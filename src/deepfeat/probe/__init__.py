@@ -14,6 +14,8 @@
   tidy output tables (docs/formats.md).
 * :mod:`~deepfeat.probe.runner`, :mod:`~deepfeat.probe.pipeline`: running a feature by its plan; the jobs
   :func:`probe_handcrafted` and :func:`probe_deep`.
+* :mod:`~deepfeat.probe.control`: the control tasks (labels permuted by recording) every probe is also fitted on,
+  and the bootstrap replicates of the test scores (``*.boot.h5``).
 """
 
 from deepfeat.probe.linear import RIDGE_GRID, fit_linear

@@ -17,6 +17,10 @@ demand. The training Gram matrix of a held feature is computed once when a dual 
 logistic and regression probes (and, for conv3, by its concatenations: the Gram matrix of separately
 standardised blocks is the sum of the blocks' ones). Tables follow docs/formats.md
 (:mod:`deepfeat.probe.tables`).
+
+Every probe is also fitted and evaluated on its task's control labels (:mod:`deepfeat.probe.control`: the labels
+permuted by recording with ``stats.seed``), in the batch of its task probe; the ``labels`` column tells the rows
+apart. Each job also writes the bootstrap replicates of every test score (``boot``, ``*.boot.h5``).
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from deepfeat.formats.cliptable import TEST, TRAIN, read_labels
 from deepfeat.formats.deep import STATES, StoredFeatures
 from deepfeat.formats.files import open_h5, write_csv
 from deepfeat.formats.handcrafted import feature_index
+from deepfeat.probe.control import clip_meta, control_tasks, write_probe_replicates
 from deepfeat.probe.linear import RIDGE_GRID
 from deepfeat.probe.loading import SlabPool, fill_layers, groups, load_split
 from deepfeat.probe.plan import Plan, logistic_costs, plan, plan_streamed
 from deepfeat.probe.rows import FLOAT_COST, ConcatSource, DatasetSource, LayerSource, forward_cost
-from deepfeat.probe.runner import Context, run_resident, run_streamed
+from deepfeat.probe.runner import Context, control_note, run_resident, run_streamed
 from deepfeat.probe.standardisation import gram_matrix
 from deepfeat.probe.tables import ProbeTables
 from deepfeat.runtime import pick_device
@@ -60,16 +65,28 @@ class _Unit:
 # ----------------------------------------------------------------------------------------------------------
 # Shared by both jobs
 # ----------------------------------------------------------------------------------------------------------
-def _labels(mel) -> tuple[np.ndarray, list[dict], str]:
-    """(split, tasks with ``y`` and, for classification, ``chance`` (the test split's majority fraction),
-    main task) of mel.h5."""
+def _labels(mel, seed: int) -> tuple[np.ndarray, list[dict], str, np.ndarray, np.ndarray]:
+    """(split, tasks with ``y``, ``control`` (the control labels, stats seed ``seed``) and, for
+    classification, ``chance`` / ``control_chance`` (the test split's majority fractions), main task, clip ids,
+    recording ids) of mel.h5."""
     split, tasks, main = read_labels(mel)
+    clip_ids, recordings = clip_meta(mel)
     te = split == TEST
     for t in tasks:
         if t["type"] == "classification":
             counts = np.bincount(t["y"][te], minlength=len(t["classes"]))
             t["chance"] = counts.max() / max(1, counts.sum())
-    return split, tasks, main
+    control_tasks(tasks, recordings, split, seed)
+    return split, tasks, main, clip_ids, recordings
+
+
+def _finish(ctx: Context, frames, features, tasks, meta, st: dict, paths: dict, log) -> tuple:
+    """Log the controls' cost, write the replicates file and the tables; returns the frames."""
+    log.info(control_note(ctx))
+    t0 = time.perf_counter()
+    write_probe_replicates(paths["boot"], ctx.tables, features, tasks, *meta, ctx.split, st, log)
+    log.info(f"replicates in {time.perf_counter() - t0:.2f} s")
+    return _write(frames, paths["scores"], paths["confusion"], log)
 
 
 def _ridge_note(hp: dict) -> str:
@@ -126,18 +143,21 @@ def _batches(ctx: Context, items: list, w):
 # ----------------------------------------------------------------------------------------------------------
 @config.job(
     reads={
-        "probe": ("epochs", "lr", "momentum", "batch_size", "seeds", "ridge", "dual_max_clips", "covariance_max_width")
+        "probe": ("epochs", "lr", "momentum", "batch_size", "seeds", "ridge", "dual_max_clips", "covariance_max_width"),
+        "stats": ("seed", "resamples"),
     },
     tunes={"probe": ("device", "memory_mb")},
 )
-def probe_handcrafted(*, features, mel, scores, confusion, settings, dataset: str, log: logging.Logger | None = None):
-    """Every hand-crafted feature of ``features`` (handcrafted.h5) x every task of ``mel`` (mel.h5) x the probe
-    seeds (classification; regression is deterministic). Writes the tidy ``scores`` and ``confusion`` CSVs
-    (docs/formats.md) and returns them as (scores, confusion) DataFrames."""
+def probe_handcrafted(
+    *, features, mel, scores, confusion, boot, settings, dataset: str, log: logging.Logger | None = None
+):
+    """Every hand-crafted feature of ``features`` (handcrafted.h5) x every task of ``mel`` (mel.h5) and its
+    control x the probe seeds (classification; regression is deterministic). Writes the tidy ``scores`` and
+    ``confusion`` CSVs and the replicates ``boot`` (docs/formats.md) and returns (scores, confusion)."""
     log = log or logging.getLogger(__name__)
     hp = settings["probe"]
     seeds = [int(s) for s in hp["seeds"]]  # distinct: the schema's uniqueItems
-    split, tasks, _ = _labels(mel)
+    split, tasks, _, *meta = _labels(mel, int(settings["stats"]["seed"]))
     ctx = Context(ProbeTables(dataset), split, hp, pick_device(hp["device"]), log, FORM)
     n, n_tr = len(split), len(ctx.tr)
     t0 = time.perf_counter()
@@ -157,7 +177,10 @@ def probe_handcrafted(*, features, mel, scores, confusion, settings, dataset: st
             for batch, p in _batches(ctx, group, w):
                 _handcrafted_batch(ctx, f, str(features), batch, p, tasks, seeds)
     log.info(f"{dataset}: hand-crafted probes done in {time.perf_counter() - t0:.1f} s")
-    return _write(ctx.tables.frames(list(index), [t["name"] for t in tasks]), scores, confusion, log)
+    names = [t["name"] for t in tasks]
+    frames = ctx.tables.frames(list(index), names)
+    paths = {"scores": scores, "confusion": confusion, "boot": boot}
+    return _finish(ctx, frames, list(index), names, meta, settings["stats"], paths, log)
 
 
 def _handcrafted_batch(ctx: Context, f, path: str, batch: list[dict], p: Plan, tasks, seeds) -> None:
@@ -191,21 +214,32 @@ def _handcrafted_batch(ctx: Context, f, path: str, batch: list[dict], p: Plan, t
             "concat_features",
         ),
         "deep": ("layers", "point", "average_channels"),
+        "stats": ("seed", "resamples"),
     },
     tunes={"probe": ("device", "memory_mb"), "deep": ("batch_size",)},
 )
 def probe_deep(
-    *, model, features, mel, scores, confusion, settings, dataset: str, deep=None, log: logging.Logger | None = None
+    *,
+    model,
+    features,
+    mel,
+    scores,
+    confusion,
+    boot,
+    settings,
+    dataset: str,
+    deep=None,
+    log: logging.Logger | None = None,
 ):
     """Probe one model: every layer of ``deep.layers``, trained and untrained, on EVERY task (probe seed: the
     first of ``probe.seeds``, whatever the model seed), plus trained ``conv3`` concatenated with each
     ``probe.concat_features`` hand-crafted feature of ``features`` on the main task. The layers are computed from
     ``model`` and ``mel`` (mel.h5) batch by batch on ``probe.device``, or read from the exported deep-feature file
-    ``deep`` when given. Writes the tidy ``scores`` and ``confusion`` CSVs (docs/formats.md) and returns them as
-    (scores, confusion) DataFrames."""
+    ``deep`` when given. Every probe is also fitted on its task's control. Writes the tidy ``scores`` and
+    ``confusion`` CSVs and the replicates ``boot`` (docs/formats.md) and returns (scores, confusion)."""
     log = log or logging.getLogger(__name__)
     hp, dp = settings["probe"], settings["deep"]
-    split, tasks, main = _labels(mel)
+    split, tasks, main, *meta = _labels(mel, int(settings["stats"]["seed"]))
     n, dev = len(split), pick_device(hp["device"])
     main_task = [t for t in tasks if t["name"] == main]
     if not main_task or main_task[0]["type"] != "classification":
@@ -232,7 +266,9 @@ def probe_deep(
             _run_concat(ctx, feats, hf, index, str(features), names, main_task, conv3)
     log.info(f"{dataset}: deep probes of {feats.arch} seed {feats.seed} done in {time.perf_counter() - t0:.1f} s")
     order = [f"{feats.arch} {layer}" for layer in feats.layers] + [f"{feats.arch} {CONCAT_LAYER} + {c}" for c in names]
-    return _write(ctx.tables.frames(order, [t["name"] for t in tasks]), scores, confusion, log)
+    task_names = [t["name"] for t in tasks]
+    paths = {"scores": scores, "confusion": confusion, "boot": boot}
+    return _finish(ctx, ctx.tables.frames(order, task_names), order, task_names, meta, settings["stats"], paths, log)
 
 
 def _open_layers(model, mel, deep, dp: dict, device, n: int):

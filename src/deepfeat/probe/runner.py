@@ -8,6 +8,12 @@ logistic dual wants it). Regression probes beyond ``probe.dual_max_clips`` / ``p
 (:func:`deepfeat.probe.plan.regression_route`) are fitted on a seeded subset of the training clips
 (:func:`deepfeat.formats.cliptable.seeded_subset` of the first probe seed, stream :data:`SUBSET_STREAM`), and
 the log line says so.
+
+Control tasks (:mod:`deepfeat.probe.control`): a task dict carrying ``control`` labels gets its control probes
+in the same batch as its task probes (extra classification tasks of the batched SGD model, extra target columns
+of the regression: the rows, Gram matrices and eigendecompositions are shared); the logistic form is chosen for
+the task probes alone, so the task probes are exactly those of a run without controls. The estimated extra
+multiply-adds are counted in :attr:`Context.control` (one log line per job).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from deepfeat.formats.cliptable import TRAIN, seeded_subset
 from deepfeat.probe.linear import RIDGE_GRID, fit_linear_rows, targets
 from deepfeat.probe.loading import SlabPool
 from deepfeat.probe.logistic import SGD_KEYS, fit_logistic_rows
-from deepfeat.probe.plan import Plan, Work
+from deepfeat.probe.plan import Plan, Work, _costs
 from deepfeat.probe.rows import ResidentRows, StreamedRows, gram_of, training_stats
 from deepfeat.probe.standardisation import gram_matrix
 from deepfeat.probe.tables import ProbeTables
@@ -44,6 +50,9 @@ class Context:
     log: logging.Logger
     form: str = "auto"  # logistic probes: auto (the plan's form) | primal | dual (forced)
     pool: SlabPool = field(default_factory=SlabPool)
+    #: the control probes fitted, their estimated extra multiply-adds and those of all probes, and the estimated
+    #: seconds of the logistic fits spent on them
+    control: dict = field(default_factory=lambda: {"probes": 0, "extra": 0.0, "total": 0.0, "seconds": 0.0})
 
     def __post_init__(self):
         self.tr = np.flatnonzero(self.split == TRAIN)
@@ -126,34 +135,65 @@ def run_streamed(ctx: Context, feat: dict, source, tasks: list[dict], seeds: lis
 def logistic_probes(ctx: Context, feats, tr, te, cls, seeds, grams, form: str | None = None, gram_width=None):
     """The classification tasks: one batched model, scores, confusions, a log line each."""
     F, d = len(feats), tr[0].d
-    label = f"{F} feature(s) of width {d} x {len(cls)} task(s) x {len(seeds)} seed(s)"
-    Ytr = np.stack([t["y"][ctx.tr] for t in cls]).astype(np.int64)
-    Yte = np.stack([t["y"][ctx.te] for t in cls]).astype(np.int64)
+    ctrl = [t for t in cls if "control" in t]  # their control probes: extra tasks of the same batched model
+    label = f"{F} feature(s) of width {d} x {len(cls)} task(s) (+ {len(ctrl)} control) x {len(seeds)} seed(s)"
+    Ytr = np.stack([t["y"][ctx.tr] for t in cls] + [t["control"][ctx.tr] for t in ctrl]).astype(np.int64)
+    Yte = np.stack([t["y"][ctx.te] for t in cls] + [t["control"][ctx.te] for t in ctrl]).astype(np.int64)
     g = None if grams is None else [x.to(device=ctx.dev, dtype=torch.float32) for x in grams]
     n_classes = [len(t["classes"]) for t in cls]
+    n_all = n_classes + [len(t["classes"]) for t in ctrl]
+    gram_cols = 0 if g is not None else None
+    c = _costs(tr[0].n, te[0].n, d, n_classes, len(seeds), ctx.sgd, gram_cols)  # the task probes alone
     form = form or ctx.form
+    form = c["form"] if form == "auto" else form  # chosen without the controls: the task probes stay the same
     r = fit_logistic_rows(
-        tr, Ytr, te, Yte, n_classes, seeds, ctx.sgd, log=ctx.log, label=label, form=form, gram=g, gram_width=gram_width
+        tr, Ytr, te, Yte, n_all, seeds, ctx.sgd, log=ctx.log, label=label, form=form, gram=g, gram_width=gram_width
     )
     del g
-    per = r["seconds"] / (F * len(cls) * len(seeds))
-    c = r["costs"]
+    if ctrl:
+        c_all = _costs(tr[0].n, te[0].n, d, n_all, len(seeds), ctx.sgd, gram_cols)[form]
+        _count_control(ctx, F * len(ctrl) * len(seeds), F * (c_all - c[form]), F * c_all)
+        ctx.control["seconds"] += r["seconds"] * (1.0 - c[form] / c_all)
+    per = r["seconds"] / (F * len(n_all) * len(seeds))
     ctx.log.info(
-        f"trained {label} = {F * len(cls) * len(seeds)} logistic probes in {r['seconds']:.1f} s, "
-        f"{r['form']} form (estimated multiply-adds per feature: primal {c['primal'] / 1e9:.2f} G, "
+        f"trained {label} = {F * len(n_all) * len(seeds)} logistic probes in {r['seconds']:.1f} s, "
+        f"{r['form']} form (estimated multiply-adds per feature of the task probes: primal {c['primal'] / 1e9:.2f} G, "
         f"dual {c['dual'] / 1e9:.2f} G{' with the Gram matrix given' if grams is not None else ''})"
     )
+    K = len(cls)
     for fi, ft in enumerate(feats):
-        for k, t in enumerate(cls):
+        for k, t in enumerate(cls + ctrl):
+            labels = "task" if k < K else "control"
             for si, s in enumerate(seeds):
                 keys = ft["keys"](t["name"], s)
                 a_tr, a_te = r["train_acc"][si, fi, k], r["test_acc"][si, fi, k]
-                ctx.tables.add_scores(keys, "accuracy", a_tr, a_te)
-                ctx.tables.add_confusion(keys, t["classes"], r["confusion"][si][fi][k])
+                correct = r["pred_test"][si, fi, k] == Yte[k]
+                ctx.tables.add_scores(keys, "accuracy", a_tr, a_te, correct, labels)
+                if k < K:
+                    ctx.tables.add_confusion(keys, t["classes"], r["confusion"][si][fi][k])
+                chance = t["chance"] if k < K else t["control_chance"]
                 ctx.log.info(
-                    f"probe {ft['label']} | task {t['name']} | seed {s} | {per:.2f} s (batched) | "
-                    f"accuracy train {a_tr:.4f} test {a_te:.4f} (majority {t['chance']:.4f})"
+                    f"probe {ft['label']} | task {t['name']}{'' if k < K else ' (control)'} | seed {s} | "
+                    f"{per:.2f} s (batched) | accuracy train {a_tr:.4f} test {a_te:.4f} (majority {chance:.4f})"
                 )
+
+
+def _count_control(ctx: Context, probes: int, extra: float, total: float) -> None:
+    ctx.control["probes"] += probes
+    ctx.control["extra"] += extra
+    ctx.control["total"] += total
+
+
+def control_note(ctx: Context) -> str:
+    """The job's log line on what its control probes cost."""
+    c = ctx.control
+    share = 100.0 * c["extra"] / c["total"] if c["total"] > 0 else 0.0
+    return (
+        f"control tasks: {c['probes']} control probe(s) fitted in the batches of their task probes (the same rows, "
+        f"Gram matrices, eigendecompositions and passes over the features); estimated extra multiply-adds "
+        f"{c['extra'] / 1e9:.3g} G = {share:.0f}% of the {c['total'] / 1e9:.3g} G of the probes they join, about "
+        f"{c['seconds']:.1f} s of logistic SGD"
+    )
 
 
 def _subset(rows, pos: np.ndarray):
@@ -167,8 +207,10 @@ def regression_probes(ctx: Context, feats, tr, te, reg, grams, plan: Plan, consu
     """The regression tasks: all tasks of a feature in one fit (the float64 Gram matrix reused when given, on a
     seeded subset when the plan says so), scores and a log line each."""
     n_tr = len(ctx.tr)
-    Y = np.stack([t["y"][ctx.tr] for t in reg], 1)
-    Yt = np.stack([t["y"][ctx.te] for t in reg], 1)
+    ctrl = [t for t in reg if "control" in t]  # their control targets: extra columns of the same fits
+    Y = np.stack([t["y"][ctx.tr] for t in reg] + [t["control"][ctx.tr] for t in ctrl], 1)
+    Yt = np.stack([t["y"][ctx.te] for t in reg] + [t["control"][ctx.te] for t in ctrl], 1)
+    T = len(reg)
     for fi, ft in enumerate(feats):
         t0 = time.perf_counter()
         X, y, g = tr[fi], Y, (grams[fi] if grams is not None else None)
@@ -180,13 +222,29 @@ def regression_probes(ctx: Context, feats, tr, te, reg, grams, plan: Plan, consu
         r = fit_linear_rows(
             X, te[fi], Yd, Ytd, ctx.hp["ridge"], gram=g, form=form, consume=consume, gram_width=plan.reg_width
         )
-        sec = (time.perf_counter() - t0) / len(reg)
-        for k, t in enumerate(reg):
-            ctx.tables.add_scores(ft["keys"](t["name"], ""), "rmse", r["train_rmse"][k], r["test_rmse"][k])
+        sec = (time.perf_counter() - t0) / Y.shape[1]
+        e2 = np.square(r["pred"] - Yt)  # (test clips x targets) squared errors: the replicates' input
+        if ctrl:
+            _count_control(ctx, len(ctrl), *_regression_extra(r, X.n, te[fi].n, X.d, T, len(ctrl)))
+        for k, t in enumerate(reg + ctrl):
+            labels = "task" if k < T else "control"
+            keys = ft["keys"](t["name"], "")
+            ctx.tables.add_scores(keys, "rmse", r["train_rmse"][k], r["test_rmse"][k], e2[:, k], labels)
             ctx.log.info(
-                f"probe {ft['label']} | task {t['name']} | {sec:.2f} s | {how(r, k, X.d, X.n, n_tr)} | "
-                f"rmse train {r['train_rmse'][k]:.4f} test {r['test_rmse'][k]:.4f}"
+                f"probe {ft['label']} | task {t['name']}{'' if k < T else ' (control)'} | {sec:.2f} s | "
+                f"{how(r, k, X.d, X.n, n_tr)} | rmse train {r['train_rmse'][k]:.4f} test {r['test_rmse'][k]:.4f}"
             )
+
+
+def _regression_extra(r: dict, n: int, t: int, d: int, T: int, C: int) -> tuple[float, float]:
+    """(extra, total) estimated multiply-adds of C control targets joining T task targets in one regression fit:
+    the per-target work (the leave-one-out scan over the ridge grid, the coefficients and predictions) next to
+    the shared decomposition (of the k x k covariance or Gram matrix, k = min(n, d))."""
+    k = min(n, d)
+    G = len(RIDGE_GRID) if r["method"] == "ridge_loo" else 1
+    per_target = 2.0 * n * k * G + (n + t) * d + k * k
+    shared = n * k * k + 10.0 * k**3
+    return C * per_target, shared + (T + C) * per_target
 
 
 def how(r: dict, k: int, d: int, n_fit: int, n_tr: int) -> str:
