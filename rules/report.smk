@@ -14,6 +14,13 @@ rule tables:
         similarity_deep=lambda w: similarity_deep_files(w.dataset),
         similarity_channels=lambda w: similarity_channel_files(w.dataset),
         similarity_cross=lambda w: similarity_cross_files(w.dataset),
+        # the bootstrap replicates beside the probe and similarity CSVs (the comparisons' intervals)
+        boot_probe_handcrafted=f"{R}/{{dataset}}/probes/handcrafted.boot.h5",
+        boot_probe_deep=lambda w: [f.removesuffix(".csv") + ".boot.h5" for f in probe_deep_files(w.dataset)],
+        boot_similarity_deep=lambda w: [f.removesuffix(".csv") + ".boot.h5" for f in similarity_deep_files(w.dataset)],
+        boot_similarity_cross=lambda w: [
+            f.removesuffix(".csv") + ".boot.h5" for f in similarity_cross_files(w.dataset)
+        ],
     output:
         tables=report(
             directory(f"{R}/{{dataset}}/tables"),

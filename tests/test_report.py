@@ -12,11 +12,21 @@ import pandas as pd
 import pytest
 from conftest import make_meta, write_fake_mel
 
+from deepfeat import stats
 from deepfeat.config import ConfigError
 from deepfeat.formats.cliptable import write_clip_table
 from deepfeat.formats.files import write_csv, write_h5
+from deepfeat.formats.replicates import fingerprint, write_replicates
 from deepfeat.formats.tables import CONFUSION_COLUMNS, PROBE_COLUMNS, SIMILARITY_COLUMNS, read_tables
 from deepfeat.report import build_tables, make_figures, write_findings
+
+#: the probe and similarity rows as the tests write them (before the labels / chance columns)
+PROBE12 = "dataset feature arch seed layer trained train_task probe_task probe_seed metric split value".split()
+SIM21 = (
+    "dataset comparison task arch_a seed_a layer_a trained_a arch_b seed_b layer_b "
+    "trained_b feature_b measure value ci_low ci_high n p_a p_b method flag"
+).split()
+RESAMPLES = 40
 
 HC = [
     "Mean Power (frequency)",
@@ -65,6 +75,57 @@ def _write_handcrafted(path: Path, n: int, n_frames: int):
             ds.attrs.update(name=name, definition="synthetic", params="{}", dim=d, shape=json.dumps([d]))
 
 
+def _probe_frame(rows: list, rng, meta) -> pd.DataFrame:
+    """Probe score rows (PROBE12 lists, labels 'task') plus a control row for each (labels 'control', values drawn
+    below the task's), as PROBE_COLUMNS."""
+    task = pd.DataFrame(rows, columns=PROBE12).assign(labels="task")
+    ctl = task.assign(labels="control")
+    acc = ctl["metric"] == "accuracy"
+    ctl["value"] = np.where(
+        acc, ctl["value"] * rng.uniform(0.3, 0.9, len(ctl)), ctl["value"] * rng.uniform(1, 2, len(ctl))
+    )
+    return pd.concat([task, ctl], ignore_index=True)[[c for c in PROBE_COLUMNS]]
+
+
+def _sim_frame(rows: list, rng) -> pd.DataFrame:
+    """Similarity rows (SIM21 lists) with chance and null band columns where SIMILARITY_COLUMNS has them."""
+    df = pd.DataFrame(rows, columns=SIM21)
+    ch = df["value"] * rng.uniform(0.2, 1.2, len(df))
+    extra = {"chance": ch, "null_lo": ch - 0.05, "null_hi": ch + 0.05}
+    for c, v in extra.items():
+        df[c] = v
+    return df[[c for c in SIMILARITY_COLUMNS if c in df.columns]]
+
+
+def _write_boot(path: Path, df: pd.DataFrame, key_cols: list[str], rng, clips: str, stream: int, unit: str) -> Path:
+    """Synthetic replicates of the rows of ``df``: the value plus noise with a component shared by all files (the
+    same resample b moves every value alike, as the real paired resamples do)."""
+    shared = np.random.default_rng(7).normal(size=RESAMPLES)
+    v = df["value"].to_numpy(np.float64)
+    scale = np.where(np.abs(v) > 1.5, 1.0, 0.03)
+    reps = v[:, None] + scale[:, None] * (0.5 * shared[None] + rng.normal(size=(len(df), RESAMPLES)))
+    write_replicates(path, df[key_cols], v, reps, seed=0, stream=stream, unit=unit, clips=clips)
+    return path
+
+
+PROBE_BOOT_KEYS = "dataset feature arch seed layer trained train_task probe_task probe_seed labels metric".split()
+SIM_BOOT_KEYS = (
+    "dataset comparison task arch_a seed_a layer_a trained_a arch_b seed_b layer_b trained_b feature_b measure"
+).split()
+
+
+def _probe_boot(path: Path, df: pd.DataFrame, rng, meta) -> Path:
+    test = df[df["split"] == "test"]
+    clips = fingerprint(meta["clip_id"].to_numpy()[meta["split"].to_numpy() == 1])
+    return _write_boot(path, test, PROBE_BOOT_KEYS, rng, clips, stats.PROBE_STREAM, "test clips")
+
+
+def _sim_boot(path: Path, df: pd.DataFrame, rng, meta) -> Path:
+    rows = df[df["measure"].isin(["cka", "cka_debiased"])]
+    clips = fingerprint(meta["clip_id"].to_numpy()[meta["split"].to_numpy() == 0])
+    return _write_boot(path, rows, SIM_BOOT_KEYS, rng, clips, stats.SIMILARITY_STREAM, "training clips")
+
+
 def make_inputs(
     root: Path,
     seeds=(1, 10),
@@ -73,10 +134,12 @@ def make_inputs(
     train_tasks=("family",),
     probe_seeds=(0, 1, 2),
     channels: bool = True,
+    boot: bool = True,
 ) -> tuple[dict, dict]:
     """Synthetic stage outputs under ``root``; returns (inputs dict for build_tables, raw values by key).
 
-    Accuracies are stored as fractions (probes) and percent (histories) to exercise both unit forms."""
+    Accuracies are stored as fractions (probes) and percent (histories) to exercise both unit forms. Every probe
+    row has a control row; ``boot``: the probe and similarity replicate files too."""
     rng = np.random.default_rng(42)
     root = Path(root)
     n_frames = 128
@@ -103,8 +166,12 @@ def make_inputs(
                     for t_ in classes:
                         for p_ in classes:
                             conf.append([DS, feat, "", "", "", "", "", pt, ps, "test", t_, p_, int(rng.integers(0, 9))])
-    write_csv(pd.DataFrame(rows, columns=PROBE_COLUMNS), root / "probes/handcrafted.csv")
+    df = _probe_frame(rows, rng, meta)
+    write_csv(df, root / "probes/handcrafted.csv")
     write_csv(pd.DataFrame(conf, columns=CONFUSION_COLUMNS), root / "probes/handcrafted.confusion.csv")
+    boot_files = {k: [] for k in ("probe_handcrafted", "probe_deep", "similarity_deep", "similarity_cross")}
+    if boot:
+        boot_files["probe_handcrafted"].append(_probe_boot(root / "probes/handcrafted.boot.h5", df, rng, meta))
     inputs = {
         "mel": root / "mel.h5",
         "probe_handcrafted": root / "probes/handcrafted.csv",
@@ -299,16 +366,22 @@ def make_inputs(
                             )
                         )
                 base = root / f"probes/deep/{tt}/{arch}/seed{seed}"
-                write_csv(pd.DataFrame(rows, columns=PROBE_COLUMNS), f"{base}.csv")
+                df = _probe_frame(rows, rng, meta)
+                write_csv(df, f"{base}.csv")
+                if boot:
+                    boot_files["probe_deep"].append(_probe_boot(Path(f"{base}.boot.h5"), df, rng, meta))
                 write_csv(pd.DataFrame(conf, columns=CONFUSION_COLUMNS), f"{base}.confusion.csv")
                 inputs["probe_deep"].append(Path(f"{base}.csv"))
                 inputs["confusion_deep"].append(Path(f"{base}.confusion.csv"))
                 p = root / f"similarity/deep/{tt}/{arch}/seed{seed}.csv"
-                write_csv(pd.DataFrame(sim, columns=SIMILARITY_COLUMNS), p)
+                df = _sim_frame(sim, rng)
+                write_csv(df, p)
                 inputs["similarity_deep"].append(p)
+                if boot:
+                    boot_files["similarity_deep"].append(_sim_boot(p.with_suffix(".boot.h5"), df, rng, meta))
                 if channels:
                     p = root / f"similarity/channels/{tt}/{arch}/seed{seed}.csv"
-                    write_csv(pd.DataFrame(ch, columns=SIMILARITY_COLUMNS), p)
+                    write_csv(_sim_frame(ch, rng), p)
                     inputs["similarity_channels"].append(p)
         cross = []
         for arch in archs:
@@ -353,13 +426,18 @@ def make_inputs(
                             )
                         )
         p = root / f"similarity/cross/{tt}.csv"
-        write_csv(pd.DataFrame(cross, columns=SIMILARITY_COLUMNS), p)
+        df = _sim_frame(cross, rng)
+        write_csv(df, p)
         inputs["similarity_cross"].append(p)
+        if boot:
+            boot_files["similarity_cross"].append(_sim_boot(p.with_suffix(".boot.h5"), df, rng, meta))
+    inputs.update({f"boot_{k}": v for k, v in boot_files.items()})
     return inputs, raw
 
 
 def _build(inputs: dict, tables: Path, dataset: str = DS, settings=None) -> dict:
-    return build_tables(**inputs, tables=tables, settings=settings or {}, dataset=dataset)
+    settings = {"stats": {"seed": 0, "level": 0.95}} if settings is None else settings
+    return build_tables(**inputs, tables=tables, settings=settings, dataset=dataset)
 
 
 def _figures(tables: Path, mel, features, figures: Path, report: dict) -> list[Path]:
@@ -530,7 +608,7 @@ def test_display_order_is_the_natural_order_of_the_clip_table():
 
 def test_jobs_declare_their_settings_and_reject_unknown_ones(built, tmp_path):
     src, inputs, _, _ = built
-    assert build_tables.job.reads == {} and build_tables.job.tunes == {}
+    assert build_tables.job.reads == {"stats": ("seed", "level")} and build_tables.job.tunes == {}
     assert make_figures.job.reads == {
         "report": (
             "top_features",
@@ -664,8 +742,9 @@ def _spans(html_text: str) -> tuple[list[dict], str]:
 def _names(tables: dict) -> list[str]:
     from deepfeat.formats.tables import TABLE_COLUMNS
     from deepfeat.report.display import arch_display
+    from deepfeat.report.findings import SEED_DRAWS_FORMULA
 
-    names = {DS, "Table 1"}  # the caption label is the only non-result number
+    names = {DS, "Table 1", SEED_DRAWS_FORMULA}  # the caption label and the formula are the only other numbers
     name_columns = {
         "feature",
         "arch",
@@ -695,7 +774,7 @@ def _check_findings(tables_dir: Path, md: Path, html_path: Path) -> list[dict]:
     spans, prose = _spans(html_path.read_text())
     for s in spans:  # every quoted number is the cell it names, printed at its precision
         cell = tables[s["data-table"]].iloc[int(s["data-row"])][s["data-column"]]
-        assert s["text"] == fmt_number(float(cell), int(s["data-digits"])), s
+        assert s["text"] == fmt_number(float(cell) * float(s.get("data-scale", 1)), int(s["data-digits"])), s
     for n in _names(tables):  # no other number in the prose: only digits inside names remain
         prose = prose.replace(n, " ")
     assert not re.search(r"\d", prose), re.findall(r".{0,40}\d.{0,40}", prose)
@@ -721,7 +800,7 @@ def test_findings_numbers_come_from_tables(built):
     best = t1[t1["kind"] == "handcrafted"].iloc[0]
     assert f"The best hand-crafted feature is {best['feature']} at {best['mean']:.1f} ± {best['sd']:.1f}%" in text
     ch = t["chance"].set_index("task").loc["family", "value"]
-    assert f"above chance ({ch:.1f}%)" in text or f"not above chance ({ch:.1f}%)" in text
+    assert f"chance is {ch:.1f}%: it has a" in text or f"chance is {ch:.1f}%: it and chance are" in text
 
 
 def test_findings_follow_the_tables(built):

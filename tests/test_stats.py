@@ -69,3 +69,23 @@ def test_seed_replicates_and_intervals():
     assert np.isnan(lo) and np.isnan(hi)
     assert stats.verdict(0.1, 0.3) == 1 and stats.verdict(-0.3, -0.1) == -1 and stats.verdict(-0.1, 0.2) == 0
     assert stats.verdict(np.nan, 1.0) == 0
+
+
+def test_seed_replicates_of_a_second_side_draw_independently():
+    rng = np.random.default_rng(1)
+    per_seed = rng.normal(size=(3, 400))
+    side0 = stats.seed_replicates(per_seed, seed=2)
+    # side 0 keeps the draws of the plain call, drawn by default_rng([seed, SEED_STREAM, S, B]) (brute force)
+    draws = np.random.default_rng([2, stats.SEED_STREAM, 3, 400]).integers(0, 3, size=(400, 3))
+    brute = np.array([per_seed[draws[b], b].mean() for b in range(400)])
+    assert np.array_equal(stats.seed_replicates(per_seed, seed=2, side=0), side0)
+    assert np.allclose(side0, brute)
+    side1 = stats.seed_replicates(per_seed, seed=2, side=1)
+    draws1 = np.random.default_rng([2, stats.SEED_STREAM, 3, 400, 1]).integers(0, 3, size=(400, 3))
+    assert np.allclose(side1, [per_seed[draws1[b], b].mean() for b in range(400)])
+    assert not np.allclose(side0, side1)
+    # a constant per seed: the replicate is the mean of the drawn seeds' constants; sides draw different seeds
+    const = np.repeat(np.array([[0.0], [1.0], [2.0]]), 400, axis=1)
+    r0, r1 = stats.seed_replicates(const, 2), stats.seed_replicates(const, 2, side=1)
+    assert abs(np.corrcoef(r0, r1)[0, 1]) < 0.15
+    assert np.array_equal(stats.seed_replicates(per_seed[:1], 2, side=1), per_seed[0])

@@ -70,15 +70,19 @@ def weighted_rmse(errors: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.sqrt(np.where(tot > 0, (weights @ e2) / tot, np.nan))
 
 
-def seed_replicates(per_seed: np.ndarray, seed: int) -> np.ndarray:
+def seed_replicates(per_seed: np.ndarray, seed: int, side: int = 0) -> np.ndarray:
     """Two-stage bootstrap of a mean over network seeds: ``per_seed`` (S x B) holds the B clip-resample replicates
     of each seed's value; replicate b draws S seeds with replacement (``default_rng([seed, SEED_STREAM, S, B])``)
-    and averages their replicate b. Returns (B,). For S = 1 it is the clip replicates themselves."""
+    and averages their replicate b. Returns (B,). For S = 1 it is the clip replicates themselves.
+
+    ``side``: 0 (the default) gives the draws above; side k > 0 draws independently of side 0
+    (``default_rng([seed, SEED_STREAM, S, B, k])``), for the second side of a difference whose two sides are
+    different networks (architecture vs architecture), so their seeds are not paired."""
     per_seed = np.asarray(per_seed, np.float64)
     S, B = per_seed.shape
     if S == 1:
         return per_seed[0].copy()
-    rng = np.random.default_rng([int(seed), SEED_STREAM, S, B])
+    rng = np.random.default_rng([int(seed), SEED_STREAM, S, B] + ([int(side)] if side else []))
     draws = rng.integers(0, S, size=(B, S))
     return per_seed[draws, np.arange(B)[:, None]].mean(1)
 

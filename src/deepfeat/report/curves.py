@@ -1,8 +1,10 @@
 """Line figures: decoding scores by layer, mean ± sd over seeds (error bars only where the sd is defined).
 
 * ``decoding_<train task>_to_<probe task>.png``: test accuracy (%) or RMSE of the probes of every layer, one
-  panel per architecture, trained vs untrained, with chance (or the RMSE of predicting the training mean), the
-  best hand-crafted feature and (same task) the network's own score as reference lines.
+  panel per architecture, trained vs untrained, each with its control-task score (the same probe on the task's
+  labels permuted across recordings; thin dotted line of the same colour: the gap between the two lines is the
+  selectivity), with chance (or the RMSE of predicting the training mean), the best hand-crafted feature and
+  (same task) the network's own score as reference lines.
 * ``robustness_<probe task>.png``: a probe task decoded from the trained features of networks trained on each
   task (one line per train task), for probe tasks that some network was not trained on.
 """
@@ -30,7 +32,7 @@ def _ylabel(metric: str, task: str) -> str:
 def _errorbar(ax, x, mean, sd, **kw):
     sd = np.asarray(sd, dtype=np.float64)
     yerr = None if not np.isfinite(sd).any() else np.where(np.isfinite(sd), sd, 0.0)
-    ax.errorbar(x, mean, yerr=yerr, capsize=3, linewidth=1.6, markersize=5, **kw)
+    return ax.errorbar(x, mean, yerr=yerr, capsize=3, linewidth=1.6, markersize=5, **kw)
 
 
 def _ref_line(ax, y, label, style, color):
@@ -67,7 +69,19 @@ def decoding_figures(t: dict, out_dir: Path, p: dict, log) -> list[Path]:
             for tr in order_values(a["trained"], "trained"):
                 r = a[a["trained"] == tr].set_index("layer").reindex(order)
                 ls, mk = TRAINED_STYLE.get(tr, ("-", "o"))
-                _errorbar(ax, np.arange(len(order)), r["mean"], r["sd"], linestyle=ls, marker=mk, label=tr)
+                bars = _errorbar(ax, np.arange(len(order)), r["mean"], r["sd"], linestyle=ls, marker=mk, label=tr)
+                if "control_mean" in r.columns and r["control_mean"].notna().any():
+                    ax.plot(
+                        np.arange(len(order)),
+                        r["control_mean"].to_numpy(np.float64),
+                        linestyle=":",
+                        marker=mk,
+                        markersize=3,
+                        linewidth=1.1,
+                        color=bars.lines[0].get_color(),
+                        alpha=0.8,
+                        label=f"{tr}: control task",
+                    )
             _ref_line(
                 ax, chance.get(pt, np.nan), "chance" if metric == "accuracy" else "predict train mean", ":", "0.4"
             )

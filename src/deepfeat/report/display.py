@@ -23,6 +23,8 @@ ARCH_ORDER = ["Regular", "Deformable", "Dilated", "1dF", "1dT", "FeedForward"]
 TRAINED_ORDER = ["trained", "untrained", ""]
 MEASURE_ORDER = list(MEASURES)
 PRIMARY_MEASURE = "cka"
+#: measures where smaller means more similar (distances)
+DISTANCES = {"procrustes"}
 ARCH_DISPLAY = {"FeedForward": "Feed Forward"}
 MEASURE_DISPLAY = {
     "cka": "linear CKA",
@@ -32,6 +34,12 @@ MEASURE_DISPLAY = {
     "rho_cca": "ρ CCA",
     "r2_svcca": "R² SVCCA",
     "rho_svcca": "ρ SVCCA",
+    "r2_lr_test": "R² (linear regression, held-out)",
+    "r2_cca_test": "R² CCA (held-out)",
+    "rho_cca_test": "ρ CCA (held-out)",
+    "r2_svcca_test": "R² SVCCA (held-out)",
+    "rho_svcca_test": "ρ SVCCA (held-out)",
+    "procrustes": "Procrustes distance",
 }
 METRIC_UNIT = {"accuracy": "%", "rmse": "target units"}
 
@@ -124,6 +132,7 @@ def metric_digits(metric: str) -> int:
 __all__ = [
     "ARCH_DISPLAY",
     "ARCH_ORDER",
+    "DISTANCES",
     "LAYER_ORDER",
     "MEASURE_DISPLAY",
     "MEASURE_ORDER",

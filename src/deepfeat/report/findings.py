@@ -4,7 +4,9 @@ Every number in a sentence is a cell of a table in the dataset's tables folder
 (:func:`deepfeat.report.tables.build_tables`), printed with :func:`deepfeat.report.display.fmt_number`. In the
 HTML page each number is a ``<span class="num" data-table=... data-row=... data-column=... data-digits=...>``
 naming the CSV row (0-based data row) and column it was read from; hovering it shows the source. Words that
-compare numbers ("above chance", "falls with depth") are decided from the same cells. Nothing is hard-coded.
+compare numbers are decided by the ``comparisons`` table (:mod:`deepfeat.report.comparisons`): a sentence says
+which way a comparison goes only when the interval of the paired difference excludes zero, and calls the two sides
+indistinguishable otherwise, quoting the difference and its interval either way. Nothing is hard-coded.
 """
 
 from __future__ import annotations
@@ -20,8 +22,20 @@ from deepfeat import config
 from deepfeat.config import job
 from deepfeat.formats.files import write_text
 from deepfeat.formats.tables import read_tables
-from deepfeat.report.display import MEASURE_DISPLAY, arch_display, fmt_number, last_layer, metric_digits, order_values
+from deepfeat.report import comparisons as cmp
+from deepfeat.report.display import (
+    DISTANCES,
+    MEASURE_DISPLAY,
+    arch_display,
+    fmt_number,
+    last_layer,
+    metric_digits,
+    order_values,
+)
 from deepfeat.report.tables import table1_markdown
+
+#: the one formula in the prose (no quoted number): how many distinct seed draws S seeds allow
+SEED_DRAWS_FORMULA = "C(2S − 1, S)"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -37,10 +51,11 @@ class Num:
     row: int
     column: str
     suffix: str = ""
+    scale: float = 1.0  # printed as value x scale (a level 0.95 as 95 %)
 
     @property
     def text(self) -> str:
-        return fmt_number(self.value, self.digits)
+        return fmt_number(self.value * self.scale, self.digits)
 
 
 class Doc:
@@ -49,9 +64,52 @@ class Doc:
         self.blocks: list[tuple] = []
 
     # quoting -------------------------------------------------------------------------------------------
-    def num(self, table: str, row: int, column: str, digits: int, suffix: str = "") -> Num:
+    def num(self, table: str, row: int, column: str, digits: int, suffix: str = "", scale: float = 1.0) -> Num:
         v = self.t[table].iloc[row][column]
-        return Num(float(v), digits, table, int(row), column, suffix)
+        return Num(float(v), digits, table, int(row), column, suffix, scale)
+
+    def compare(self, what: str, a: str, b: str, x: str, y: str, more: str, less: str, digits: int) -> list:
+        """The clause of comparison ``what`` of sides ``a`` / ``b`` (the comparisons table's labels), naming them
+        ``x`` and ``y``: "x <more> y (difference d, 95 % CI [lo, hi])" when the interval lies above zero,
+        "<less>" below it, "x and y are indistinguishable (...)" when it holds zero, "difference d (no interval)"
+        without one."""
+        c = self.t.get("comparisons")
+        i = None if c is None else cmp.lookup(c, what, a, b)
+        if i is None:
+            return [f"{x} and {y} were not compared"]
+        r = c.iloc[i]
+        diff = self.num("comparisons", i, "difference", digits)
+        if pd.isna(r["ci_low"]) or pd.isna(r["ci_high"]):
+            return [f"{x} vs {y}: difference ", diff, " (no interval)"]
+        ci = [
+            " (difference ",
+            diff,
+            ", ",
+            self.num("comparisons", i, "level", 0, scale=100.0),
+            " % CI [",
+            self.num("comparisons", i, "ci_low", digits),
+            ", ",
+            self.num("comparisons", i, "ci_high", digits),
+            "])",
+        ]
+        v = int(r["verdict"])
+        if v == 0:
+            return [f"{x} and {y} are indistinguishable"] + ci
+        return [f"{x} {more if v > 0 else less} {y}"] + ci
+
+    def selectivity(self, table: str, row: int, digits: int, unit: str) -> list:
+        """' (selectivity m ± s; ...)' of a handcrafted/layers/table1 row: task minus control score, and the flag
+        of a control decoded far above chance; nothing without control rows."""
+        r = self.t[table].iloc[row]
+        if "selectivity_mean" not in r.index or pd.isna(r["selectivity_mean"]):
+            return []
+        out = [" (selectivity ", self.mean_sd(table, row, digits, unit, "selectivity_mean", "selectivity_sd")]
+        if r.get("control_flag", "") == "True":
+            out += [
+                "; its control task decodes far above chance: control ",
+                self.num(table, row, "control_mean", digits, unit),
+            ]
+        return out + [")"]
 
     def mean_sd(
         self,
@@ -133,9 +191,10 @@ def _html(segs) -> str:
     for s in segs:
         if isinstance(s, Num):
             src = f"tables/{s.table}.csv, line {s.row + 2} (data row {s.row}), column {s.column}"
+            scale = f' data-scale="{s.scale:g}"' if s.scale != 1.0 else ""
             parts.append(
                 f'<span class="num" data-table="{s.table}" data-row="{s.row}" data-column="{s.column}" '
-                f'data-digits="{s.digits}" title="{html.escape(src)}">{s.text}</span>'
+                f'data-digits="{s.digits}"{scale} title="{html.escape(src)}">{s.text}</span>'
                 f"{html.escape(s.suffix)}"
             )
         else:
@@ -206,6 +265,20 @@ def _score(metric: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------------------
 # The sections
 # ----------------------------------------------------------------------------------------------------------
+def _ways(metric: str) -> tuple[str, str]:
+    """(words for a positive, a negative difference A - B) of a probe metric."""
+    if metric == "rmse":
+        return "has a higher RMSE than", "has a lower RMSE than"
+    return "has a higher accuracy than", "has a lower accuracy than"
+
+
+_HIGHER = ("is higher than", "is lower than")
+
+
+#: comparisons whose seeds_a counts network seeds
+_NETWORK_SEEDED = {"trained_vs_untrained", "deep_vs_chance", "concat_vs_alone", "first_vs_last_layer", "best_vs_random"}
+
+
 def _intro(d: Doc, dataset: str, main: str, measure: str) -> None:
     ch = d.t["chance"]
     i = int(_rows(ch, task=main).index[0])
@@ -226,6 +299,34 @@ def _intro(d: Doc, dataset: str, main: str, measure: str) -> None:
         "below is read from the tables of this dataset (hover it in the HTML page to see its table, row and "
         "column).",
     )
+    c = d.t.get("comparisons")
+    if c is None or c.empty:
+        return
+    j = c.index[c["seeds_a"].notna() & c["what"].isin(_NETWORK_SEEDED)]
+    seeds = []
+    if len(j):
+        k = int(c.loc[j, "seeds_a"].astype(float).idxmax())
+        seeds = [", and here S = ", d.num("comparisons", k, "seeds_a", 0), " network seeds"]
+    lvl = int(c.index[0])
+    d.p(
+        "Every comparison below is a paired difference with a ",
+        d.num("comparisons", lvl, "level", 0, scale=100.0),
+        " % interval from a two-stage bootstrap: first the recordings of the test split (probe scores) or of the "
+        "training split (similarities) are resampled with replacement, the same resamples for every value of the "
+        "dataset, so both sides of a difference move together; then the network seeds are drawn with replacement, "
+        "the per-seed differences when both sides come from the same networks (trained vs untrained, layer vs "
+        "layer, a concatenation vs the layer alone, task vs control), each side's own seeds otherwise "
+        "(architecture vs architecture, deep vs hand-crafted; hand-crafted probe seeds are averaged, not drawn). "
+        f"With S seeds there are only {SEED_DRAWS_FORMULA} distinct seed draws",
+        *seeds,
+        ", so the seed part of an interval is coarse. A comparison says which way it goes only when its interval "
+        "excludes zero; otherwise the two sides are called indistinguishable. Selectivity is the accuracy minus the "
+        "accuracy of the same probe on the control task (the task's labels permuted across recordings), or the "
+        "control RMSE minus the RMSE: how much of a score the task itself explains.",
+        " No value of this dataset has bootstrap replicates, so no comparison has an interval."
+        if c["ci_low"].isna().all()
+        else "",
+    )
 
 
 def _q1(d: Doc, main: str) -> None:
@@ -243,19 +344,35 @@ def _q1(d: Doc, main: str) -> None:
     )
     d.table(table1_markdown(t1))
     ci = int(t1.index[t1["kind"] == "chance"][0])
-    chance = t1.loc[ci, "mean"]
     d.p("Chance, the share of the most frequent class in the test split, is ", d.num("table1", ci, "mean", 1, "%"), ".")
     hc = t1[t1["kind"] == "handcrafted"]
     deep = t1[t1["kind"] == "deep"]
+    comps = d.t.get("comparisons", pd.DataFrame(columns=["what", "a", "b", "verdict"]))
+    ways = _ways("accuracy")
     if len(hc):
         b, w = int(hc["mean"].idxmax()), int(hc["mean"].idxmin())
         s = [f"The best hand-crafted feature is {t1.loc[b, 'feature']} at ", d.mean_sd("table1", b, 1, "%")]
+        s += d.selectivity("table1", b, 1, "")
         if w != b:
             s += [f"; the weakest is {t1.loc[w, 'feature']} at ", d.mean_sd("table1", w, 1, "%")]
+            s += d.selectivity("table1", w, 1, "")
+        vs = comps[(comps["what"] == "handcrafted_vs_chance") & comps["b"].eq(cmp.chance_label(main))]
+        vs = vs[vs["a"].isin([cmp.hc_label(f, main) for f in hc["feature"]])]
+        every = len(vs) == len(hc) and bool((vs["verdict"] == 1).all())
         s += [
             ". ",
-            "Every" if hc["mean"].min() > chance else "Not every",
-            " hand-crafted feature decodes above chance.",
+            "Every" if every else "Not every",
+            " hand-crafted feature decodes above chance by its interval; the weakest: ",
+            d.compare(
+                "handcrafted_vs_chance",
+                cmp.hc_label(t1.loc[w, "feature"], main),
+                cmp.chance_label(main),
+                t1.loc[w, "feature"],
+                "chance",
+                *ways,
+                1,
+            ),
+            ".",
         ]
         d.p(*s)
     if len(deep):
@@ -267,32 +384,42 @@ def _q1(d: Doc, main: str) -> None:
         ]
         if w != b:
             s += [" down to ", d.mean_sd("table1", w, 1, "%"), f" ({arch_display(t1.loc[w, 'arch'])}, the weakest)"]
-        if len(hc):
-            best_hc = hc["mean"].max()
-            word = (
-                "all above"
-                if deep["mean"].min() > best_hc
-                else "partly above"
-                if deep["mean"].max() > best_hc
-                else "all below"
-            )
-            s += [f": {word} the best hand-crafted feature."]
-        else:
-            s += ["."]
-        d.p(*s)
+        d.p(*s, ".")
+        items = []
+        best_hc = t1.loc[int(hc["mean"].idxmax()), "feature"] if len(hc) else None
+        for i in deep.index:
+            arch, layer = t1.loc[i, "arch"], t1.loc[i, "layer"]
+            lab = cmp.deep_label(arch, layer, "trained", main, main)
+            name = f"{arch_display(arch)} {layer}"
+            s = [f"{name}: ", d.mean_sd("table1", int(i), 1, "%")] + d.selectivity("table1", int(i), 1, "")
+            if best_hc is not None:
+                s += ["; ", d.compare("deep_vs_handcrafted", lab, cmp.hc_label(best_hc, main), name, best_hc, *ways, 1)]
+            items.append(s + ["."])
+        d.p(
+            "Each network's deepest convolutional layer"
+            + (" against the best hand-crafted feature:" if best_hc is not None else ":")
+        )
+        d.ul(items)
     ff = t1[t1["kind"] == "network"]
     if len(ff):
         i = int(ff.index[0])
         s = ["The Feed Forward network itself reaches ", d.mean_sd("table1", i, 1, "%")]
         if len(deep):
             b = int(deep["mean"].idxmax())
-            word = {"about as well as": "about as high as", "better than": "higher than", "worse than": "lower than"}[
-                _compare("accuracy", ff.loc[i, "mean"], ff.loc[i, "sd"], deep.loc[b, "mean"], deep.loc[b, "sd"])
+            arch, layer = t1.loc[b, "arch"], t1.loc[b, "layer"]
+            s += [
+                "; ",
+                d.compare(
+                    "network_vs_deep",
+                    cmp.network_label("FeedForward", main),
+                    cmp.deep_label(arch, layer, "trained", main, main),
+                    "the Feed Forward network",
+                    f"the best convolutional features ({arch_display(arch)} {layer})",
+                    *ways,
+                    1,
+                ),
             ]
-            s += [f", {word} the best convolutional features."]
-        else:
-            s += ["."]
-        d.p(*s)
+        d.p(*s, ".")
     if not len(deep) and not len(hc):
         d.p("No probe scores are available for the main task yet.")
     _robustness(d, main, ch)
@@ -313,28 +440,59 @@ def _robustness(d: Doc, main: str, ch: pd.DataFrame) -> None:
         r = rob.loc[i]
         word, unit = _score(metric)
         dig = metric_digits(metric)
+        arch = arch_display(r["arch"])
+        lab = cmp.deep_label(r["arch"], layer, "trained", tt, pt)
+        ways = _ways(metric)
         s = [
-            f"{pt} from the {layer} features of networks trained on {tt}: best {arch_display(r['arch'])} with {word}",
+            f"{pt} from the {layer} features of networks trained on {tt}: best {arch} with {word}",
             d.mean_sd("robustness", i, dig, unit),
         ]
-        arch = arch_display(r["arch"])
-        for key, sep, what in (
-            ("matched", ", ", f"the same layer of {arch} trained on {pt}"),
-            ("network", " and ", f"the {arch} network trained on {pt}"),
-        ):
-            if pd.notna(r[f"{key}_mean"]):
-                cmp = _compare(metric, r["mean"], r["sd"], r[f"{key}_mean"], r[f"{key}_sd"])
-                s += [f"{sep}{cmp} {what} (", d.mean_sd("robustness", i, dig, unit, f"{key}_mean", f"{key}_sd"), ")"]
+        if pd.notna(r["matched_mean"]):
+            s += [
+                f"; the same layer of {arch} trained on {pt}: ",
+                d.mean_sd("robustness", i, dig, unit, "matched_mean", "matched_sd"),
+                ", ",
+                d.compare(
+                    "cross_task_vs_matched",
+                    lab,
+                    cmp.deep_label(r["arch"], layer, "trained", pt, pt),
+                    "this layer",
+                    f"the same layer trained on {pt}",
+                    *ways,
+                    dig,
+                ),
+            ]
+        if pd.notna(r["network_mean"]):
+            s += [
+                f"; the {arch} network trained on {pt}: ",
+                d.mean_sd("robustness", i, dig, unit, "network_mean", "network_sd"),
+                ", ",
+                d.compare(
+                    "deep_vs_network", lab, cmp.network_label(r["arch"], pt), "this layer", "the network", *ways, dig
+                ),
+            ]
         if r["handcrafted_best"]:
             s += [
                 f"; best hand-crafted feature {r['handcrafted_best']}: ",
                 d.mean_sd("robustness", i, dig, unit, "handcrafted_mean", "handcrafted_sd"),
+                ", ",
+                d.compare(
+                    "deep_vs_handcrafted",
+                    lab,
+                    cmp.hc_label(r["handcrafted_best"], pt),
+                    "this layer",
+                    r["handcrafted_best"],
+                    *ways,
+                    dig,
+                ),
             ]
         if pd.notna(r["chance"]):
             s += [
                 "; chance" if metric == "accuracy" else "; predicting the training mean",
                 ": ",
                 d.num("robustness", i, "chance", dig, unit),
+                ", ",
+                d.compare("deep_vs_chance", lab, cmp.chance_label(pt), "this layer", "chance", *ways, dig),
             ]
         items.append(s + ["."])
     if items:
@@ -353,6 +511,15 @@ def _sim_row(d: Doc, **eq) -> int | None:
     return int(s.index[0]) if len(s) else None
 
 
+def _with_chance(d: Doc, table: str, row: int, mname: str = "") -> list:
+    """'<measure> m ± s (chance c)': a similarity and its chance level (unrelated features, this n and width)."""
+    out = [f"{mname} " if mname else "", d.mean_sd(table, row, 2)]
+    r = d.t[table].iloc[row]
+    if "chance" in r.index and pd.notna(r["chance"]):
+        out += [" (chance ", d.num(table, row, "chance", 2), ")"]
+    return out
+
+
 def _q2(d: Doc, main: str, measure: str) -> None:
     mname = MEASURE_DISPLAY.get(measure, measure)
     d.h(2, f"Second question: how similar are trained deep features to hand-crafted features ({mname})?")
@@ -366,20 +533,42 @@ def _q2(d: Doc, main: str, measure: str) -> None:
             layers = order_values(b["layer"], "layer")
             first, last = layers[0], layers[-1]
             i = int(b.index[b["layer"] == first][0])
+            fa = b.loc[i, "feature"]
             s = [
-                f"{arch_display(arch)}: {first} is most similar to {b.loc[i, 'feature']} (",
-                d.mean_sd("similarity_best", i, 2),
-                ")",
+                f"{arch_display(arch)}: {first} is most similar to {fa}, ",
+                _with_chance(d, "similarity_best", i, mname),
             ]
             if pd.notna(b.loc[i, "random_mean"]):
-                s += ["; the Random baseline scores ", d.num("similarity_best", i, "random_mean", 2)]
+                s += [
+                    "; the Random baseline scores ",
+                    d.num("similarity_best", i, "random_mean", 2),
+                    ", ",
+                    d.compare(
+                        "best_vs_random",
+                        cmp.sim_label(main, arch, first, "trained", fa),
+                        cmp.sim_label(main, arch, first, "trained", "Random"),
+                        fa,
+                        "Random",
+                        *_HIGHER,
+                        3,
+                    ),
+                ]
             if last != first:
                 j = int(b.index[b["layer"] == last][0])
-                trend = "falls" if b.loc[j, "mean"] < b.loc[i, "mean"] else "rises"
+                fb = b.loc[j, "feature"]
                 s += [
-                    f"; {last} is most similar to {b.loc[j, 'feature']} (",
-                    d.mean_sd("similarity_best", j, 2),
-                    f"): the best match {trend} with depth",
+                    f"; {last} is most similar to {fb}, ",
+                    _with_chance(d, "similarity_best", j, mname),
+                    "; ",
+                    d.compare(
+                        "first_vs_last_layer",
+                        cmp.sim_label(main, arch, first, "trained", fa),
+                        cmp.sim_label(main, arch, last, "trained", fb),
+                        f"the best match of {first}",
+                        f"that of {last}",
+                        *_HIGHER,
+                        3,
+                    ),
                 ]
             items.append(s + ["."])
         d.p(
@@ -413,17 +602,28 @@ def _q2(d: Doc, main: str, measure: str) -> None:
         layer = last_layer(aa["layer_a"])
         a = aa[aa["layer_a"] == layer]
         hi, lo = int(a["mean"].idxmax()), int(a["mean"].idxmin())
+        if measure in DISTANCES:  # smaller = more similar
+            hi, lo = lo, hi
+        hi_name = f"{arch_display(a.loc[hi, 'arch_a'])} and {arch_display(a.loc[hi, 'arch_b'])}"
         s = [
-            f"Across architectures at {layer}, the most similar pair is {arch_display(a.loc[hi, 'arch_a'])} and "
-            f"{arch_display(a.loc[hi, 'arch_b'])} (",
-            d.mean_sd("similarity", hi, 2),
-            ")",
+            f"Across architectures at {layer}, the most similar pair is {hi_name}, {mname} ",
+            _with_chance(d, "similarity", hi),
         ]
         if lo != hi:
+            lo_name = f"{arch_display(a.loc[lo, 'arch_a'])} and {arch_display(a.loc[lo, 'arch_b'])}"
             s += [
-                f", the least similar {arch_display(a.loc[lo, 'arch_a'])} and {arch_display(a.loc[lo, 'arch_b'])} (",
-                d.mean_sd("similarity", lo, 2),
-                ")",
+                f"; the least similar {lo_name}, ",
+                _with_chance(d, "similarity", lo),
+                "; ",
+                d.compare(
+                    "arch_pair_vs_arch_pair",
+                    cmp.pair_label(main, a.loc[hi, "arch_a"], a.loc[hi, "arch_b"], layer, "trained"),
+                    cmp.pair_label(main, a.loc[lo, "arch_a"], a.loc[lo, "arch_b"], layer, "trained"),
+                    f"{mname} of {hi_name}",
+                    f"that of {lo_name}",
+                    *_HIGHER,
+                    3,
+                ),
             ]
         d.p(*s, ".")
 
@@ -443,8 +643,8 @@ def _q3(d: Doc, main: str, measure: str) -> None:
         i = int(b.index[b["layer"] == first][0])
         feat = b.loc[i, "feature"]
         s = [
-            f"Untrained {first} of {arch_display(arch)} is most similar to {feat}: {mname} ",
-            d.mean_sd("similarity_best", i, 2),
+            f"Untrained {first} of {arch_display(arch)} is most similar to {feat}: ",
+            _with_chance(d, "similarity_best", i, mname),
         ]
         j = _sim_row(
             d,
@@ -457,7 +657,21 @@ def _q3(d: Doc, main: str, measure: str) -> None:
             measure=measure,
         )
         if j is not None:
-            s += [" (trained: ", d.mean_sd("similarity", j, 2), ")"]
+            s += [
+                " (trained: ",
+                d.mean_sd("similarity", j, 2),
+                "; ",
+                d.compare(
+                    "untrained_vs_trained",
+                    cmp.sim_label(main, arch, first, "untrained", feat),
+                    cmp.sim_label(main, arch, first, "trained", feat),
+                    "untrained",
+                    "trained",
+                    *_HIGHER,
+                    3,
+                ),
+                ")",
+            ]
         k = _sim_row(
             d, comparison="trained_vs_untrained", task=main, arch_a=arch, layer_a=first, layer_b=first, measure=measure
         )
@@ -481,7 +695,7 @@ def _q3(d: Doc, main: str, measure: str) -> None:
     if items:
         d.p(
             f"Similarity of untrained (initial-weight) networks to hand-crafted features ({mname}, mean ± sd over "
-            "seeds):"
+            "seeds; chance: the value expected for unrelated features of these widths on this many clips):"
         )
         d.ul(items)
     else:
@@ -490,7 +704,6 @@ def _q3(d: Doc, main: str, measure: str) -> None:
     lay = _rows(lay, train_task=main, probe_task=main, split="test")
     ch = d.t["chance"]
     ci = int(_rows(ch, task=main).index[0])
-    chance = ch.loc[ci, "value"]
     items = []
     for arch in order_values(lay["arch"], "arch"):
         a = lay[(lay["arch"] == arch) & lay["mean"].notna()]
@@ -502,17 +715,32 @@ def _q3(d: Doc, main: str, measure: str) -> None:
         metric = u.loc[i, "metric"]
         word, unit = _score(metric)
         dig = metric_digits(metric)
-        where = "above" if _better(metric, u.loc[i, "mean"], chance) else "not above"
-        s = [
-            f"Untrained {layer} of {arch_display(arch)} decodes {main} at ",
-            d.mean_sd("layers", i, dig, unit),
-            f", {where} chance (",
+        ways = _ways(metric)
+        ulab = cmp.deep_label(arch, layer, "untrained", main, main)
+        s = [f"Untrained {layer} of {arch_display(arch)} decodes {main} at ", d.mean_sd("layers", i, dig, unit)]
+        s += d.selectivity("layers", i, dig, "")
+        s += [
+            "; chance is ",
             d.num("chance", ci, "value", dig, unit),
-            ")",
+            ": ",
+            d.compare("deep_vs_chance", ulab, cmp.chance_label(main), "it", "chance", *ways, dig),
         ]
         tr = a[(a["trained"] == "trained") & (a["layer"] == layer)]
         if len(tr):
-            s += ["; trained: ", d.mean_sd("layers", int(tr.index[0]), dig, unit)]
+            k = int(tr.index[0])
+            s += ["; trained: ", d.mean_sd("layers", k, dig, unit)] + d.selectivity("layers", k, dig, "")
+            s += [
+                ", ",
+                d.compare(
+                    "trained_vs_untrained",
+                    cmp.deep_label(arch, layer, "trained", main, main),
+                    ulab,
+                    "the trained layer",
+                    "the untrained one",
+                    *ways,
+                    dig,
+                ),
+            ]
         items.append(s + ["."])
     if items:
         d.p("Decoding from untrained networks (deepest convolutional layer, mean ± sd over seeds):")
@@ -537,28 +765,45 @@ def _concat(d: Doc, main: str, measure: str) -> None:
         metric = a.loc[hi, "metric"]
         word, unit = _score(metric)
         dig = metric_digits(metric)
+        name = f"{arch_display(arch)} {layer}"
+        f_hi, f_lo = a.loc[hi, "feature"], a.loc[lo, "feature"]
         s = [
-            f"{arch_display(arch)} {layer} alone: ",
+            f"{name} alone: ",
             d.mean_sd("concat", hi, dig, unit, "alone_mean", "alone_sd"),
-            f"; adding {a.loc[hi, 'feature']} gives ",
+            f"; adding {f_hi} gives ",
             d.mean_sd("concat", hi, dig, unit, "concat_mean", "concat_sd"),
             " (gain ",
             d.mean_sd("concat", hi, dig, "", "gain_mean", "gain_sd"),
-            ")",
+            "): ",
+            d.compare(
+                "concat_vs_alone",
+                cmp.concat_label(arch, layer, "trained", main, f_hi, main),
+                cmp.deep_label(arch, layer, "trained", main, main),
+                f"{name} + {f_hi}",
+                f"{name} alone",
+                *_ways(metric),
+                dig,
+            ),
         ]
         if pd.notna(a.loc[hi, "cka"]):
-            s += [f", its {MEASURE_DISPLAY['cka']} with {layer} being ", d.num("concat", hi, "cka", 2)]
+            s += [f"; its {MEASURE_DISPLAY['cka']} with {layer} is ", d.num("concat", hi, "cka", 2)]
         if lo != hi:
-            s += [
-                f"; adding {a.loc[lo, 'feature']} gains least (",
-                d.mean_sd("concat", lo, dig, "", "gain_mean", "gain_sd"),
-                ")",
-            ]
+            s += [f"; adding {f_lo} gains least (", d.mean_sd("concat", lo, dig, "", "gain_mean", "gain_sd"), ")"]
             if pd.notna(a.loc[lo, "cka"]):
                 s += [f", {MEASURE_DISPLAY['cka']} ", d.num("concat", lo, "cka", 2)]
-                if pd.notna(a.loc[hi, "cka"]):
-                    rel = "less" if a.loc[hi, "cka"] < a.loc[lo, "cka"] else "more"
-                    s += [f": the more useful feature is the {rel} similar one"]
+            s += [
+                "; ",
+                d.compare(
+                    "gain_vs_gain",
+                    cmp.gain_label(arch, layer, "trained", main, f_hi, main),
+                    cmp.gain_label(arch, layer, "trained", main, f_lo, main),
+                    f"the gain of {f_hi}",
+                    f"that of {f_lo}",
+                    "is larger than",
+                    "is smaller than",
+                    dig,
+                ),
+            ]
         items.append(s + ["."])
     unit = "percentage points" if c["metric"].iloc[0] == "accuracy" else "RMSE reduction"
     d.p(

@@ -5,7 +5,9 @@ row-normalised test confusion matrices (counts summed over seeds).
   similarity comparison present (deep vs hand-crafted, trained vs untrained, layer vs layer, seed vs seed,
   arch vs arch, channel vs channel) and every measure of the ``figure_measures`` setting. Square comparisons
   (layer vs layer, channel vs channel, arch vs arch at one layer) list the same labels on both axes and, for the
-  symmetric measures (CKA), mirror the triangle that was computed; cells never computed stay blank.
+  symmetric measures (CKA), mirror the triangle that was computed; cells never computed stay blank. A cell whose
+  mean lies within the band of the permutation null (the similarity table's ``null_lo`` .. ``null_hi``: what
+  unrelated features give) carries a white-edged dot in its upper right corner (legend note in the title).
 * ``confusion_<main task>_<who>.png``: % of each true class predicted as each class, test split, for the best
   hand-crafted features (Table 1 order) and the last conv layer of every architecture, trained and untrained.
 """
@@ -29,16 +31,36 @@ ANNOTATE_MAX = (40, 16)  # annotate heatmaps up to this many rows x columns
 # ----------------------------------------------------------------------------------------------------------
 # Similarity heatmaps
 # ----------------------------------------------------------------------------------------------------------
+def in_null_band(df: pd.DataFrame) -> pd.Series:
+    """1.0 where a row's mean lies within [null_lo, null_hi], 0.0 outside, NaN without a band."""
+    if "null_lo" not in df.columns or "null_hi" not in df.columns:
+        return pd.Series(np.nan, index=df.index)
+    lo, hi, m = (df[c].astype(np.float64) for c in ("null_lo", "null_hi", "mean"))
+    inside = ((m >= lo) & (m <= hi)).astype(np.float64)
+    return inside.where(lo.notna() & hi.notna() & m.notna())
+
+
 def _pivot(
-    df: pd.DataFrame, row: str, col: str, measure: str, rows=None, order: str | None = None, square: bool = False
+    df: pd.DataFrame,
+    row: str,
+    col: str,
+    measure: str,
+    rows=None,
+    order: str | None = None,
+    square: bool = False,
+    values: str = "mean",
 ) -> pd.DataFrame:
     """rows x cols matrix of the mean similarity (display order of ``order``, e.g. 'layer', else of the columns).
 
     ``square``: both axes list the same kind of thing (layers of one net, architectures): use the union of the
     labels on both axes and, for symmetric measures, mirror the triangle that was computed. Cells never
-    computed (e.g. the diagonal) stay blank.
+    computed (e.g. the diagonal) stay blank. The matrix of :func:`in_null_band` (same layout) is in
+    ``.attrs["null"]``.
     """
-    m = df.pivot_table(index=row, columns=col, values="mean", aggfunc="mean", dropna=False, sort=False)
+    if values == "mean":
+        out = _pivot(df.assign(_null=in_null_band(df)), row, col, measure, rows, order, square, values="_null")
+        null = out
+    m = df.pivot_table(index=row, columns=col, values=values, aggfunc="mean", dropna=False, sort=False)
     r = rows if rows is not None else order_values(m.index, order or row)
     c = order_values(m.columns, order or col)
     if square:
@@ -46,7 +68,10 @@ def _pivot(
     m = m.reindex(index=r, columns=c)
     if square and measure in SYMMETRIC:
         m = m.combine_first(m.T).reindex(index=r, columns=c)
-    return m.astype(np.float64)
+    m = m.astype(np.float64)
+    if values == "mean":
+        m.attrs["null"] = null
+    return m
 
 
 def heatmap_figure(
@@ -71,6 +96,7 @@ def heatmap_figure(
     vmin, vmax = min(0.0, float(vals.min())), max(1.0, float(vals.max()))
     cmap = "vlag" if vmin < 0 else "viridis"
     center = 0.0 if vmin < 0 else None
+    marked = False
     for k, ax in enumerate(axes.ravel()):
         if k >= len(panels):
             ax.set_visible(False)
@@ -93,6 +119,13 @@ def heatmap_figure(
             xticklabels=[str(c) for c in m.columns],
             yticklabels=[str(i) for i in m.index],
         )
+        null = m.attrs.get("null")
+        if null is not None:
+            inside = null.reindex(index=m.index, columns=m.columns).to_numpy() == 1.0
+            ii, jj = np.nonzero(inside & np.isfinite(m.to_numpy()))
+            if len(ii):
+                marked = True
+                ax.scatter(jj + 0.82, ii + 0.22, s=9, c="black", edgecolors="white", linewidths=0.6, zorder=3)
         ax.set_title(t, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel if k % ncols == 0 else "")
@@ -103,7 +136,9 @@ def heatmap_figure(
     fig.colorbar(
         mesh, ax=axes, shrink=min(1.0, 6.0 / max(h, 1.0)), label=f"{MEASURE_DISPLAY.get(measure, measure)} (unitless)"
     )
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(
+        title + ("\n(dot: within the permutation null band of unrelated features)" if marked else ""), fontsize=11
+    )
     return fig
 
 

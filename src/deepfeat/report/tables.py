@@ -19,6 +19,18 @@ Definitions used throughout (every table carries a ``dataset`` column first):
   predicting the training-split mean on the test split.
 * ``gain`` (concatenation table) is an improvement: accuracy(concat) - accuracy(alone) in percentage points,
   or RMSE(alone) - RMSE(concat); positive means the hand-crafted feature helps. Computed per model seed.
+* Control task: probe rows with ``labels`` = "control" are the same probe trained and evaluated on the task's
+  labels permuted across recordings. Every score above uses the ``labels`` = "task" rows only. ``control_mean`` is
+  the mean control score over seeds; ``selectivity`` = accuracy - control accuracy (percentage points), or for
+  RMSE control RMSE - RMSE (target units; positive: the task is decoded better than its control), computed per seed
+  (hand-crafted: probe seed; deep: model seed) and summarised as ``selectivity_mean`` / ``selectivity_sd``.
+  ``control_flag`` (test rows) is "True" when the control is decoded far above chance: control accuracy above
+  chance + :data:`CONTROL_FLAG_POINTS` percentage points, or control RMSE more than :data:`CONTROL_FLAG_RMSE`
+  (a fraction) below the chance RMSE; "False" otherwise, "" without control rows or on the train split.
+* Similarity ``chance`` / ``null_lo`` / ``null_hi``: the means over seeds of the similarity CSVs' columns of the
+  same names (the value expected for unrelated features and the band of the permutation null).
+* ``comparisons``: every comparison the findings state, a paired difference with its interval
+  (:mod:`deepfeat.report.comparisons`), from the ``*.boot.h5`` replicates.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import pandas as pd
 from deepfeat.config import job
 from deepfeat.formats.cliptable import TEST, read_clip_table
 from deepfeat.formats.files import open_h5
+from deepfeat.formats.replicates import read_stacked
 from deepfeat.formats.tables import (
     TABLE_COLUMNS,
     as_paths,
@@ -42,7 +55,21 @@ from deepfeat.formats.tables import (
     read_similarity,
     write_table,
 )
-from deepfeat.report.display import PRIMARY_MEASURE, arch_display, fmt_mean_sd, last_layer, order_values, sort_frame
+from deepfeat.report import comparisons as cmp
+from deepfeat.report.display import (
+    DISTANCES,
+    PRIMARY_MEASURE,
+    arch_display,
+    fmt_mean_sd,
+    last_layer,
+    order_values,
+    sort_frame,
+)
+
+#: control_flag: a control accuracy this many percentage points above chance, or a control RMSE this fraction below
+#: the chance RMSE, is "far above chance"
+CONTROL_FLAG_POINTS = 10.0
+CONTROL_FLAG_RMSE = 0.10
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -95,7 +122,8 @@ def chance_table(mel_path, dataset: str) -> pd.DataFrame:
 
 
 def _split_deep(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(hand-crafted rows, plain deep rows, concatenation rows with column 'hc' = the hand-crafted name)."""
+    """(hand-crafted rows, plain deep rows, concatenation rows with column 'hc' = the hand-crafted name); rows of
+    one ``labels`` kind (the caller selects task or control rows)."""
     hc = scores[scores["arch"] == ""]
     deep = scores[scores["arch"] != ""].copy()
     is_concat = deep["feature"].str.contains(" + ", regex=False)
@@ -114,13 +142,54 @@ def _per_model_seed(deep: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return deep.groupby(keys + ["seed"], sort=False, dropna=False)["value"].mean().reset_index()
 
 
-def handcrafted_table(hc: pd.DataFrame) -> pd.DataFrame:
-    out = mean_sd(hc, ["feature", "probe_task", "metric", "split"])
+def _selectivity(task: pd.DataFrame, control: pd.DataFrame, keys: list[str], seed: str) -> pd.DataFrame:
+    """control_mean, selectivity_mean, selectivity_sd per ``keys`` from per-seed task and control values (the
+    seed column ``seed``); selectivity per seed = task - control (accuracy) or control - task (RMSE)."""
+    cols = keys + ["control_mean", "selectivity_mean", "selectivity_sd"]
+    if task.empty or control.empty:
+        return pd.DataFrame(columns=cols)
+    t = task.groupby(keys + [seed], sort=False, dropna=False)["value"].mean().rename("task")
+    c = control.groupby(keys + [seed], sort=False, dropna=False)["value"].mean().rename("control")
+    j = pd.concat([t, c], axis=1, join="inner").reset_index()
+    if j.empty:
+        return pd.DataFrame(columns=cols)
+    j["sel"] = np.where(j["metric"] == "rmse", j["control"] - j["task"], j["task"] - j["control"])
+    g = j.groupby(keys, sort=False, dropna=False)
+    out = g.agg(control_mean=("control", "mean"), selectivity_mean=("sel", "mean"), selectivity_sd=("sel", "std"))
+    return out.reset_index()[cols]
+
+
+def control_flag(df: pd.DataFrame, chance: pd.DataFrame | None, task_col: str = "probe_task") -> pd.Series:
+    """ "True" / "False" per test row: is the control decoded far above chance (module docstring); "" otherwise."""
+    if chance is None or df.empty or "control_mean" not in df.columns:
+        return pd.Series("", index=df.index, dtype=object)
+    ch = df[task_col].map(chance.set_index("task")["value"]).astype(np.float64)
+    c = df["control_mean"].astype(np.float64)
+    far = np.where(df["metric"] == "rmse", c < (1.0 - CONTROL_FLAG_RMSE) * ch, c > ch + CONTROL_FLAG_POINTS)
+    ok = c.notna() & ch.notna() & (df["split"] == "test")
+    return pd.Series(np.where(ok, np.where(far, "True", "False"), ""), index=df.index, dtype=object)
+
+
+def handcrafted_table(
+    hc: pd.DataFrame, control: pd.DataFrame | None = None, chance: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    keys = ["feature", "probe_task", "metric", "split"]
+    out = mean_sd(hc, keys)
+    if control is not None:
+        out = out.merge(_selectivity(hc, control, keys, "probe_seed"), on=keys, how="left")
+        out["control_flag"] = control_flag(out, chance)
     return sort_frame(out, ["probe_task", "metric", "split", "feature"])
 
 
-def layers_table(deep: pd.DataFrame) -> pd.DataFrame:
-    out = mean_sd(_per_model_seed(deep, _DEEP_KEYS), _DEEP_KEYS)
+def layers_table(
+    deep: pd.DataFrame, control: pd.DataFrame | None = None, chance: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    per_seed = _per_model_seed(deep, _DEEP_KEYS)
+    out = mean_sd(per_seed, _DEEP_KEYS)
+    if control is not None:
+        ctrl = _per_model_seed(control, _DEEP_KEYS)
+        out = out.merge(_selectivity(per_seed, ctrl, _DEEP_KEYS, "seed"), on=_DEEP_KEYS, how="left")
+        out["control_flag"] = control_flag(out, chance)
     return sort_frame(out, _DEEP_KEYS)
 
 
@@ -135,6 +204,14 @@ def networks_table(hist: pd.DataFrame) -> pd.DataFrame:
     )
     out = out.merge(extra, on=["task", "arch", "metric"], how="left")
     return sort_frame(out, ["task", "arch"])
+
+
+_CONTROL_CELLS = ("control_mean", "selectivity_mean", "selectivity_sd", "control_flag")
+
+
+def _control_cells(r: pd.Series) -> dict:
+    """The control/selectivity cells of a handcrafted or layers table row (NaN / "" when absent)."""
+    return {c: r.get(c, "" if c == "control_flag" else np.nan) for c in _CONTROL_CELLS}
 
 
 def table1(
@@ -158,8 +235,11 @@ def table1(
         )
     )
     sel = (hc["probe_task"] == main_task) & (hc["metric"] == "accuracy") & (hc["split"] == "test")
-    for r in hc[sel].sort_values("mean", ascending=False, kind="stable").itertuples():
-        rows.append(dict(feature=r.feature, kind="handcrafted", arch="", layer="", mean=r.mean, sd=r.sd, n=r.n))
+    for _, r in hc[sel].sort_values("mean", ascending=False, kind="stable").iterrows():
+        rows.append(
+            dict(feature=r["feature"], kind="handcrafted", arch="", layer="", mean=r["mean"], sd=r["sd"], n=r["n"])
+            | _control_cells(r)
+        )
     sel = (
         (layers["train_task"] == main_task)
         & (layers["probe_task"] == main_task)
@@ -182,6 +262,7 @@ def table1(
                 sd=r["sd"],
                 n=r["n"],
             )
+            | _control_cells(r)
         )
     ff = networks[(networks["task"] == main_task) & (networks["arch"] == "FeedForward")]
     for r in ff.itertuples():
@@ -207,7 +288,7 @@ def table1_markdown(t1: pd.DataFrame) -> pd.DataFrame:
     """Display form of Table 1 (what table1.md and the findings page show)."""
     task = t1["task"].iloc[0] if len(t1) else ""
     kinds = {"chance": "baseline", "handcrafted": "hand-crafted", "deep": "deep features", "network": "network"}
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "feature": t1["feature"],
             "type": [kinds.get(k, k) for k in t1["kind"]],
@@ -215,6 +296,13 @@ def table1_markdown(t1: pd.DataFrame) -> pd.DataFrame:
             "seeds": [("" if pd.isna(n) else str(int(n))) for n in t1["n"]],
         }
     )
+    if "selectivity_mean" in t1.columns and t1["selectivity_mean"].notna().any():
+        sel = [
+            "" if pd.isna(m) else fmt_mean_sd(m, s, 2) + (" (control far above chance)" if f == "True" else "")
+            for m, s, f in zip(t1["selectivity_mean"], t1["selectivity_sd"], t1["control_flag"])
+        ]
+        out.insert(3, "selectivity (accuracy - control, points), mean ± sd", sel)
+    return out
 
 
 def best_handcrafted(hc_table: pd.DataFrame) -> pd.DataFrame:
@@ -308,6 +396,7 @@ def concat_table(
 
 
 _SIM_KEYS = "comparison task arch_a layer_a trained_a arch_b layer_b trained_b feature_b measure".split()
+_NULL_COLUMNS = ("chance", "null_lo", "null_hi")
 
 
 def similarity_summary(sim: pd.DataFrame) -> pd.DataFrame:
@@ -320,7 +409,9 @@ def similarity_summary(sim: pd.DataFrame) -> pd.DataFrame:
     dims = g[["p_a", "p_b"]].first().reset_index(drop=True)
     join = lambda s: ";".join(sorted({v for v in s if v}))  # noqa: E731
     txt = g[["method", "flag"]].agg(join).reset_index(drop=True)
-    out = pd.concat([out, dims, txt], axis=1)
+    null = sim.assign(**{c: pd.to_numeric(sim[c]) if c in sim.columns else np.nan for c in _NULL_COLUMNS})
+    null = null.groupby(_SIM_KEYS, sort=False, dropna=False)[list(_NULL_COLUMNS)].mean().reset_index(drop=True)
+    out = pd.concat([out, dims, txt, null], axis=1)
     order = "comparison task measure arch_a trained_a layer_a arch_b trained_b layer_b feature_b"
     return sort_frame(out[cols], order.split())
 
@@ -334,7 +425,8 @@ def similarity_best(summary: pd.DataFrame) -> pd.DataFrame:
     keys = ["task", "arch_a", "layer_a", "trained_a", "measure"]
     rnd = s[s["feature_b"] == "Random"][keys + ["mean"]].rename(columns={"mean": "random_mean"})
     real = s[s["feature_b"] != "Random"]
-    best = real.sort_values("mean", ascending=False, kind="stable").groupby(keys, sort=False).head(1)
+    real = real.assign(_s=np.where(real["measure"].isin(DISTANCES), -real["mean"], real["mean"]))
+    best = real.sort_values("_s", ascending=False, kind="stable").groupby(keys, sort=False).head(1)
     best = best.merge(rnd, on=keys, how="left")
     best = best.rename(columns={"arch_a": "arch", "layer_a": "layer", "trained_a": "trained", "feature_b": "feature"})
     return sort_frame(best[cols], ["task", "measure", "arch", "trained", "layer"])
@@ -361,14 +453,19 @@ def confusion_table(conf: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------
-def _read_inputs(files: dict, dataset: str, log) -> tuple[pd.DataFrame, ...]:
-    """((hand-crafted, deep, concatenation probe scores), histories, similarities, confusions) of one dataset's
-    per-job files."""
+def _read_inputs(files: dict, dataset: str, log) -> tuple:
+    """(all probe score rows, histories, similarities, confusions) of one dataset's per-job files; probe rows
+    carry ``labels`` ("task" for files written before the control task)."""
     probe_paths = as_paths(files["probe_handcrafted"]) + as_paths(files["probe_deep"])
-    scores = _split_deep(read_probe_scores(probe_paths, dataset, log))
+    scores = read_probe_scores(probe_paths, dataset, log)
+    if "labels" not in scores.columns:
+        scores["labels"] = "task"
+    bad = sorted(set(scores["labels"]) - {"task", "control"})
+    if bad:
+        raise ValueError(f"probe scores: column 'labels' has {bad}; expected task or control (docs/formats.md)")
     log.info(
-        f"read {len(probe_paths)} probe files: {len(scores[0])} hand-crafted, {len(scores[1])} deep, "
-        f"{len(scores[2])} concatenation rows"
+        f"read {len(probe_paths)} probe files: {int((scores['labels'] == 'task').sum())} task rows, "
+        f"{int((scores['labels'] == 'control').sum())} control rows"
     )
     hist = read_histories(files["histories"], log)
     log.info(f"read {len(hist)} training histories")
@@ -377,11 +474,24 @@ def _read_inputs(files: dict, dataset: str, log) -> tuple[pd.DataFrame, ...]:
     log.info(f"read {len(sim_paths)} similarity files: {len(sim)} rows")
     conf_paths = as_paths(files["confusion_handcrafted"]) + as_paths(files["confusion_deep"])
     conf = read_confusions(conf_paths, dataset)
+    if "labels" in conf.columns:
+        conf = conf[conf["labels"].isin(["task", ""])]
     log.info(f"read {len(conf_paths)} confusion files: {len(conf)} rows")
     return scores, hist, sim, conf
 
 
-@job()
+def _read_replicates(paths, what: str, log):
+    """read_stacked of ``paths`` (None when there are none)."""
+    paths = as_paths(paths)
+    if not paths:
+        log.info(f"no {what} replicates: the comparisons of {what} values have no intervals")
+        return None
+    out = read_stacked(paths)
+    log.info(f"read {len(paths)} {what} replicate files: {len(out[0])} rows x {out[2].shape[1]} resamples")
+    return out
+
+
+@job(reads={"stats": ("seed", "level")})
 def build_tables(
     *,
     mel,
@@ -397,12 +507,18 @@ def build_tables(
     similarity_deep=(),
     similarity_channels=(),
     similarity_cross=(),
+    boot_probe_handcrafted=(),
+    boot_probe_deep=(),
+    boot_similarity_deep=(),
+    boot_similarity_cross=(),
 ) -> dict[str, pd.DataFrame]:
     """Aggregate one dataset's stage outputs into the tables of ``TABLE_COLUMNS``, written to the folder ``tables``
     as ``{name}.csv`` and ``{name}.md``.
 
     ``mel``: the dataset's mel.h5 (its clip table gives the chance levels); the other inputs are paths or lists
-    of paths of the per-job CSVs (docs/formats.md). Reads no settings. Returns the tables by name.
+    of paths of the per-job CSVs and of their ``*.boot.h5`` replicates (docs/formats.md; without replicates the
+    comparisons have no intervals). ``settings["stats"]``: ``seed`` (the network-seed draws of the intervals) and
+    ``level``. Returns the tables by name.
     """
     log = log or logging.getLogger(__name__)
     out_dir = Path(tables)
@@ -421,11 +537,13 @@ def build_tables(
         confusion_handcrafted=confusion_handcrafted,
         confusion_deep=confusion_deep,
     )
-    (hc, deep, concat), hist, sim, conf = _read_inputs(files, dataset, log)
+    scores, hist, sim, conf = _read_inputs(files, dataset, log)
+    hc, deep, concat = _split_deep(scores[scores["labels"] == "task"])
+    hc_ctl, deep_ctl, _ = _split_deep(scores[scores["labels"] == "control"])
 
     t = {"chance": chance}
-    t["handcrafted"] = handcrafted_table(hc)
-    t["layers"] = layers_table(deep)
+    t["handcrafted"] = handcrafted_table(hc, hc_ctl, chance)
+    t["layers"] = layers_table(deep, deep_ctl, chance)
     t["networks"] = networks_table(hist)
     t["table1"] = table1(chance, t["handcrafted"], t["layers"], t["networks"], main_task)
     t["robustness"] = robustness_table(t["layers"], t["networks"], t["handcrafted"], chance)
@@ -433,6 +551,16 @@ def build_tables(
     t["concat"] = concat_table(concat, deep, t["handcrafted"], t["similarity"])
     t["similarity_best"] = similarity_best(t["similarity"])
     t["confusion"] = confusion_table(conf)
+
+    probe_reps = _read_replicates(as_paths(boot_probe_handcrafted) + as_paths(boot_probe_deep), "probe", log)
+    sim_reps = _read_replicates(as_paths(boot_similarity_deep) + as_paths(boot_similarity_cross), "similarity", log)
+    P = cmp.attach(scores, probe_reps, cmp.PROBE_KEYS, scale_accuracy=True)
+    S = cmp.attach(sim, sim_reps, cmp.SIM_KEYS)
+    chance_sides = cmp.chance_sides(mel, chance, P.attrs, P.resamples, log)
+    st = settings["stats"]
+    t["comparisons"] = cmp.comparisons_table(t, P, S, chance_sides, seed=st["seed"], level=st["level"])
+    n_ci = int(t["comparisons"]["ci_low"].notna().sum())
+    log.info(f"{len(t['comparisons'])} comparisons, {n_ci} with an interval")
     for name in TABLE_COLUMNS:
         t[name] = conform(t[name], name, dataset)
         md = table1_markdown(t[name]) if name == "table1" else None
@@ -447,6 +575,7 @@ __all__ = [
     "chance_table",
     "concat_table",
     "confusion_table",
+    "control_flag",
     "handcrafted_table",
     "layers_table",
     "mean_sd",
