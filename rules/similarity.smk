@@ -1,4 +1,5 @@
-# Representational similarity (CKA, debiased CKA, LR R2, CCA, SVCCA) of deep and hand-crafted features.
+# Representational similarity (CKA, debiased CKA, LR R2, CCA, SVCCA) of deep and hand-crafted features; the deep and
+# cross jobs also write the bootstrap replicates of their CKA / debiased CKA values (*.boot.h5).
 
 
 # Once per dataset: the hand-crafted features' self terms (z-scoring, covariance spectra, Gram-subset factors),
@@ -35,6 +36,7 @@ rule similarity_deep:
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/deep/{{task}}/{{conv_arch}}/seed{{seed}}.csv",
+        boot=f"{R}/{{dataset}}/similarity/deep/{{task}}/{{conv_arch}}/seed{{seed}}.boot.h5",
     log:
         "logs/{dataset}/similarity_deep/{task}/{conv_arch}/seed{seed}.log",
     benchmark:
@@ -83,6 +85,7 @@ rule similarity_cross:
         mel=f"{R}/{{dataset}}/mel.h5",
     output:
         table=f"{R}/{{dataset}}/similarity/cross/{{task}}.csv",
+        boot=f"{R}/{{dataset}}/similarity/cross/{{task}}.boot.h5",
     log:
         "logs/{dataset}/similarity_cross/{task}.log",
     benchmark:

@@ -31,11 +31,16 @@ COMPARISONS = (
     "deep_vs_handcrafted trained_vs_untrained layer_vs_layer seed_vs_seed arch_vs_arch channel_vs_channel"
 ).split()
 
-PROBE_COLUMNS = "dataset feature arch seed layer trained train_task probe_task probe_seed metric split value".split()
-CONFUSION_COLUMNS = [c for c in PROBE_COLUMNS if c not in ("metric", "value")] + ["true", "predicted", "count"]
+#: ``labels``: "task" (the probe of the task's labels) or "control" (the same probe on the control task: the task's
+#: labels permuted across recordings, deepfeat.stats.permute_by_recording)
+PROBE_COLUMNS = (
+    "dataset feature arch seed layer trained train_task probe_task probe_seed labels metric split value".split()
+)
+CONFUSION_COLUMNS = [c for c in PROBE_COLUMNS if c not in ("labels", "metric", "value")]  # task probes only
+CONFUSION_COLUMNS += ["true", "predicted", "count"]
 SIMILARITY_COLUMNS = (
     "dataset comparison task arch_a seed_a layer_a trained_a arch_b seed_b layer_b "
-    "trained_b feature_b measure value ci_low ci_high n p_a p_b method flag"
+    "trained_b feature_b measure value ci_low ci_high chance null_lo null_hi n p_a p_b method flag"
 ).split()
 
 
@@ -53,10 +58,13 @@ def similarity_row(
     p_b: int,
     method: str,
     flag: str = "",
+    chance: float = float("nan"),
+    null: tuple[float, float] = (float("nan"), float("nan")),
 ) -> dict:
     """One row of a similarity table (:data:`SIMILARITY_COLUMNS`). ``a`` and ``b`` describe the two sides with the
     keys ``arch``, ``seed``, ``layer``, ``trained`` (and ``feature`` for a hand-crafted side ``b``); keys that do not
-    apply are left out and written as ""."""
+    apply are left out and written as "". ``chance``: the measure's expected value for unrelated sets; ``null``:
+    the (lo, hi) band of its permutation null (NaN where not computed)."""
     side = {f"{k}_{s}": d.get(k, "") for s, d in (("a", a), ("b", b)) for k in ("arch", "seed", "layer", "trained")}
     return dict(
         dataset=dataset,
@@ -68,6 +76,9 @@ def similarity_row(
         value=value,
         ci_low=ci[0],
         ci_high=ci[1],
+        chance=chance,
+        null_lo=null[0],
+        null_hi=null[1],
         n=n,
         p_a=p_a,
         p_b=p_b,
@@ -90,9 +101,18 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "chance": _columns(
         "dataset:s task:s type:s is_main:s metric:s value:f majority_class:s n_classes:i n_train:i n_test:i"
     ),
-    "table1": _columns("dataset:s task:s feature:s kind:s arch:s layer:s metric:s mean:f sd:f n:i text:s"),
-    "handcrafted": _columns("dataset:s feature:s probe_task:s metric:s split:s mean:f sd:f n:i"),
-    "layers": _columns("dataset:s train_task:s probe_task:s arch:s layer:s trained:s metric:s split:s mean:f sd:f n:i"),
+    "table1": _columns(
+        "dataset:s task:s feature:s kind:s arch:s layer:s metric:s mean:f sd:f n:i text:s control_mean:f "
+        "selectivity_mean:f selectivity_sd:f control_flag:s"
+    ),
+    "handcrafted": _columns(
+        "dataset:s feature:s probe_task:s metric:s split:s mean:f sd:f n:i control_mean:f selectivity_mean:f "
+        "selectivity_sd:f control_flag:s"
+    ),
+    "layers": _columns(
+        "dataset:s train_task:s probe_task:s arch:s layer:s trained:s metric:s split:s mean:f sd:f n:i "
+        "control_mean:f selectivity_mean:f selectivity_sd:f control_flag:s"
+    ),
     "networks": _columns("dataset:s task:s arch:s metric:s mean:f sd:f n:i train_mean:f epochs:i"),
     "robustness": _columns(
         "dataset:s train_task:s probe_task:s arch:s layer:s metric:s mean:f sd:f n:i matched_mean:f "
@@ -105,14 +125,18 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
     ),
     "similarity": _columns(
         "dataset:s comparison:s task:s arch_a:s layer_a:s trained_a:s arch_b:s layer_b:s trained_b:s "
-        "feature_b:s measure:s mean:f sd:f n:i p_a:f p_b:f method:s flag:s"
+        "feature_b:s measure:s mean:f sd:f n:i p_a:f p_b:f method:s flag:s chance:f null_lo:f null_hi:f"
     ),
     "similarity_best": _columns(
-        "dataset:s task:s arch:s layer:s trained:s measure:s feature:s mean:f sd:f n:i random_mean:f"
+        "dataset:s task:s arch:s layer:s trained:s measure:s feature:s mean:f sd:f n:i random_mean:f chance:f"
     ),
     "confusion": _columns(
         "dataset:s feature:s arch:s layer:s trained:s train_task:s probe_task:s split:s true:s predicted:s "
         "count:f runs:i"
+    ),
+    "comparisons": _columns(
+        "dataset:s question:s what:s a:s b:s metric:s difference:f ci_low:f ci_high:f level:f seeds_a:i "
+        "seeds_b:i verdict:i"
     ),
 }
 
@@ -205,10 +229,16 @@ def _stack(frames: list[pd.DataFrame], columns: list[str], value: str) -> pd.Dat
 
 
 def read_probe_scores(paths, dataset: str | None = None, log=None) -> pd.DataFrame:
-    """All probe score rows of ``paths`` (columns PROBE_COLUMNS), accuracy in percent, seeds as Int64."""
+    """All probe score rows of ``paths`` (columns PROBE_COLUMNS), accuracy in percent, seeds as Int64. A file
+    written before the control task (no ``labels`` column) holds task rows only: its labels read as "task"."""
     frames, units = [], {}
+    required = [c for c in PROBE_COLUMNS if c != "labels"]
     for p in as_paths(paths):
-        df = _read_csv(p, PROBE_COLUMNS, ["seed", "probe_seed", "value"], "probe score")[PROBE_COLUMNS]
+        df = _read_csv(p, required, ["seed", "probe_seed", "value"], "probe score")
+        if "labels" not in df.columns:
+            df["labels"] = "task"
+        df = df[PROBE_COLUMNS]
+        _check_values(df, "labels", {"task", "control"}, p)
         _check_dataset(df, p, dataset)
         _check_values(df, "metric", {"accuracy", "rmse"}, p)
         _check_values(df, "split", {"train", "test"}, p)
@@ -231,7 +261,7 @@ def read_confusions(paths, dataset: str | None = None) -> pd.DataFrame:
 
 def read_similarity(paths, dataset: str | None = None) -> pd.DataFrame:
     """All similarity rows of ``paths`` (columns SIMILARITY_COLUMNS), numeric columns as float."""
-    numeric = ["seed_a", "seed_b", "value", "ci_low", "ci_high", "n", "p_a", "p_b"]
+    numeric = ["seed_a", "seed_b", "value", "ci_low", "ci_high", "chance", "null_lo", "null_hi", "n", "p_a", "p_b"]
     frames = []
     for p in as_paths(paths):
         df = _read_csv(p, SIMILARITY_COLUMNS, numeric, "similarity")[SIMILARITY_COLUMNS]

@@ -1,6 +1,7 @@
 """Representational similarity of deep and hand-crafted features (the method's Experiments 2 and 3).
 
-The measures (linear CKA, debiased CKA, LR R^2, CCA and SVCCA) are defined in :mod:`deepfeat.similarity.measures`;
+The measures (linear CKA, debiased CKA, LR R^2, CCA and SVCCA, their held-out twins and the Procrustes shape
+distance) are defined in :mod:`deepfeat.similarity.measures`;
 :func:`all_measures` and its one-measure shortcuts compute them for a pair of in-memory arrays. The jobs compare
 blocks of columns on the training clips through one engine (:mod:`deepfeat.similarity.engine`): deep layers computed
 from the model file on the rows each pass needs (or read from an exported deep-feature file) and the features of
@@ -8,7 +9,9 @@ from the model file on the rows each pass needs (or read from an exported deep-f
 :mod:`~deepfeat.similarity.moments`, :mod:`~deepfeat.similarity.feature_form`) or, for wide blocks, the exact Gram
 form on a seeded subset of clips (:mod:`~deepfeat.similarity.gram`, :mod:`~deepfeat.similarity.gram_form`,
 :mod:`~deepfeat.similarity.gram_space`, :mod:`~deepfeat.similarity.gram_blocks`), with bootstrap intervals of CKA
-(:mod:`~deepfeat.similarity.bootstrap`), every phase planned within ``memory_mb``. Hand-crafted columns are z-scored
+(:mod:`~deepfeat.similarity.bootstrap`; with the ``stats`` settings also their recording-level replicates, written
+to ``*.boot.h5``), chance levels and permutation bands (:mod:`~deepfeat.similarity.chance`), every phase planned
+within ``memory_mb``. Hand-crafted columns are z-scored
 with training statistics first (:mod:`~deepfeat.similarity.reader`).
 
 Job entry points: :func:`handcrafted_moments` (the hand-crafted self terms, once per dataset; the file format is

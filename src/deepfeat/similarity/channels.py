@@ -247,6 +247,9 @@ def _layer_rows(stats, a: str, C: int, p: int, m: int, measures, boot: bool, cfg
     F, av, r = stats
     vals = _channel_measures(F, av, m, measures)
     ci = _channel_ci(F, r, vals, C, p, m, cfg) if boot else {}
+    # chance (exact, under a uniform permutation of one channel's rows): CKA tr K_c tr K_d / ((m-1) ||K_c|| ||K_d||),
+    # debiased CKA 0; no permutation band here (null_lo / null_hi NaN)
+    tr, fro = av.sum(1).cpu().numpy(), F.diagonal().sqrt().cpu().numpy()
     arch, seed, state = who["arch"], who["seed"], who["state"]
     rows = []
     nan2 = (float("nan"), float("nan"))
@@ -254,6 +257,9 @@ def _layer_rows(stats, a: str, C: int, p: int, m: int, measures, boot: bool, cfg
         for mm in measures:
             v = float(vals[mm][c, d])
             lo, hi = ci.get((c, d), nan2) if mm == "cka" else nan2
+            chance = float("nan")
+            if np.isfinite(v):
+                chance = float(tr[c] * tr[d] / ((m - 1) * fro[c] * fro[d])) if mm == "cka" else 0.0
             side = dict(arch=arch, seed=seed, trained=state)
             rows.append(
                 similarity_row(
@@ -270,6 +276,7 @@ def _layer_rows(stats, a: str, C: int, p: int, m: int, measures, boot: bool, cfg
                     p,
                     "gram",
                     "" if np.isfinite(v) else "zero_variance",
+                    chance=chance,
                 )
             )
     return rows

@@ -53,13 +53,15 @@ _MODEL_JOB = job(
             "rank_rtol",
         ),
         "deep": ("layers", "point", "average_channels"),
+        "stats": ("seed", "resamples", "level", "chance_permutations", "chance_max_clips"),
     },
     tunes={"similarity": ("device", "chunk_size", "memory_mb"), "deep": ("batch_size",)},
 )
 
 
 def _row(dataset, comparison, task, a: dict, b: dict, measure, res) -> dict:
-    ci = res["ci"] if measure == "cka" and res["ci"] is not None else (float("nan"), float("nan"))
+    nan = float("nan")
+    ci = res["ci"] if measure == "cka" and res["ci"] is not None else (nan, nan)
     return similarity_row(
         dataset,
         comparison,
@@ -74,7 +76,51 @@ def _row(dataset, comparison, task, a: dict, b: dict, measure, res) -> dict:
         res["p_b"],
         res["method"],
         res["flags"].get(measure, ""),
+        chance=res.get("chance", {}).get(measure, nan),
+        null=res.get("null", {}).get(measure, (nan, nan)),
     )
+
+
+#: the key columns of the similarity replicate files (docs/formats.md)
+BOOT_KEYS = (
+    "dataset comparison task arch_a seed_a layer_a trained_a arch_b seed_b layer_b trained_b feature_b measure"
+).split()
+
+
+def _write_boot(rows: list[dict], res_of: list, boot, stats: dict, train_ids, log) -> None:
+    """The replicates file ``boot`` (formats.replicates): one row per cka / cka_debiased row of the table, its
+    stats.resamples replicates (NaN for a row not computed on every training clip)."""
+    from deepfeat.formats.replicates import fingerprint, write_replicates
+    from deepfeat.stats import SIMILARITY_STREAM
+
+    B = int(stats["resamples"])
+    keep = [i for i, r in enumerate(rows) if r["measure"] in ("cka", "cka_debiased")]
+    keys = pd.DataFrame([{k: rows[i][k] for k in BOOT_KEYS} for i in keep], columns=BOOT_KEYS)
+    # strings as the CSV writes them (integers without a decimal point, NaN as "")
+    keys = keys.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    values = np.array([rows[i]["value"] for i in keep], np.float64)
+    reps = np.full((len(keep), B), np.nan)
+    for j, i in enumerate(keep):
+        got = res_of[i].get("reps", {}).get(rows[i]["measure"])
+        if got is not None:
+            reps[j] = got
+    write_replicates(
+        boot,
+        keys,
+        values,
+        reps,
+        seed=stats["seed"],
+        stream=SIMILARITY_STREAM,
+        unit="training clips",
+        clips=fingerprint(train_ids),
+    )
+    log.info(f"wrote {boot} ({len(keep)} rows x {B} replicates, {int(np.isfinite(reps).all(1).sum())} computed)")
+
+
+def _recordings(mel) -> np.ndarray:
+    """The recording of every clip of mel.h5's clip table."""
+    with open_h5(mel, "mel") as f:
+        return f["meta"]["recording"].asstr()[:]
 
 
 def _start(settings, mel, log):
@@ -155,7 +201,7 @@ def _deep_pairs(layers, segments, names) -> tuple[list, dict]:
 
 
 @_MODEL_JOB
-def similarity_deep(*, model, features, mel, table, settings, dataset, moments=None, deep=None, log=None):
+def similarity_deep(*, model, features, mel, table, settings, dataset, boot=None, moments=None, deep=None, log=None):
     """Similarity table of one model (the model file ``model``; or the exported deep-feature file ``deep``, which
     then replaces it) on the training clips of ``mel.h5``, written to ``table`` and returned.
 
@@ -165,7 +211,8 @@ def similarity_deep(*, model, features, mel, table, settings, dataset, moments=N
     earlier layer). ``moments``: the dataset's ``handcrafted_moments.h5``
     (:func:`deepfeat.similarity.handcrafted_moments`); with it the hand-crafted self terms (z-scoring, spectra,
     Gram factors) are read instead of computed, and the job computes only its deep blocks' self terms and the
-    cross terms (same values).
+    cross terms (same values). ``boot``: where to write the replicates of its CKA and debiased CKA values
+    (``*.boot.h5``, docs/formats.md).
     """
     log, cfg, device, t0, train, clip_ids = _start(settings, mel, log)
     N, d = len(train), settings["deep"]
@@ -190,9 +237,22 @@ def similarity_deep(*, model, features, mel, table, settings, dataset, moments=N
             f"x {len(names)} hand-crafted features on {int(train.sum())} training clips, device {device}"
         )
         pairs, keys = _deep_pairs(d["layers"], hc.segments, names)
-        res = _Engine(sources + [hc], train, cfg, device, log, cache=cache, pool=pool).run(pairs)
+        rec = _recordings(mel)
+        eng = _Engine(
+            sources + [hc],
+            train,
+            cfg,
+            device,
+            log,
+            cache=cache,
+            pool=pool,
+            stats=settings["stats"],
+            recordings=rec,
+            replicates=boot is not None,
+        )
+        res = eng.run(pairs)
         arch, seed, task = feats.arch, int(feats.seed), feats.task
-    rows = []
+    rows, res_of = [], []
     who = dict(arch=arch, seed=seed)
     for p in pairs:
         comp, a, b = keys[p]
@@ -200,6 +260,9 @@ def similarity_deep(*, model, features, mel, table, settings, dataset, moments=N
         if comp != "deep_vs_handcrafted":
             b = {**who, **b}
         rows += [_row(dataset, comp, task, a, b, m, res[p]) for m in cfg["measures"]]
+        res_of += [res[p]] * len(cfg["measures"])
+    if boot is not None:
+        _write_boot(rows, res_of, boot, settings["stats"], clip_ids[train], log)
     log.info(f"similarity_deep: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
     return _write(pd.DataFrame(rows, columns=SIMILARITY_COLUMNS), table, log)
 
@@ -242,16 +305,19 @@ def _cross_pairs(layers_of: dict) -> tuple[list, dict, dict]:
 
 
 @_MODEL_JOB
-def similarity_cross(*, models, mel, table, settings, dataset, deep=(), log=None) -> pd.DataFrame:
+def similarity_cross(*, models, mel, table, settings, dataset, boot=None, deep=(), log=None) -> pd.DataFrame:
     """Seed vs seed (same architecture and layer) and architecture vs architecture (same seed and layer), trained
     and untrained, of the model files ``models`` of one training task (or of the exported deep-feature files
-    ``deep``, which then replace them), on the training clips of ``mel.h5``; written to ``table`` and returned."""
+    ``deep``, which then replace them), on the training clips of ``mel.h5``; written to ``table`` and returned.
+    ``boot``: where to write the replicates of its CKA and debiased CKA values (``*.boot.h5``)."""
     log, cfg, device, t0, train, clip_ids = _start(settings, mel, log)
     N, d = len(train), settings["deep"]
     stored = [Path(p) for p in ([deep] if isinstance(deep, (str, Path)) else (deep or ()))]
     files = stored or [Path(p) for p in ([models] if isinstance(models, (str, Path)) else (models or ()))]
     if len(files) < 2:
         log.info(f"similarity_cross: {len(files)} model(s), nothing to compare")
+        if boot is not None:
+            _write_boot([], [], boot, settings["stats"], clip_ids[train], log)
         return _write(pd.DataFrame([], columns=SIMILARITY_COLUMNS), table, log)
     pool = window_pool(cfg, log)
     with contextlib.ExitStack() as stack:
@@ -278,12 +344,27 @@ def similarity_cross(*, models, mel, table, settings, dataset, deep=(), log=None
             f"{sorted({s for _, s in feats})}; {'read from deep-feature files' if stored else 'computed'}), "
             f"{len(pairs)} block pairs on {int(train.sum())} training clips, device {device}"
         )
-        res = _Engine(sources, train, cfg, device, log, pool=pool).run(pairs) if pairs else {}
-    rows = []
+        rec = _recordings(mel)
+        eng = _Engine(
+            sources,
+            train,
+            cfg,
+            device,
+            log,
+            pool=pool,
+            stats=settings["stats"],
+            recordings=rec,
+            replicates=boot is not None,
+        )
+        res = eng.run(pairs) if pairs else {}
+    rows, res_of = [], []
     for p in pairs:
         comp, ka, kb = keys[p]
         a = dict(arch=ka[0], seed=ka[1], trained=ka[2], layer=ka[3])
         b = dict(arch=kb[0], seed=kb[1], trained=kb[2], layer=kb[3])
         rows += [_row(dataset, comp, task, a, b, m, res[p]) for m in cfg["measures"]]
+        res_of += [res[p]] * len(cfg["measures"])
+    if boot is not None:
+        _write_boot(rows, res_of, boot, settings["stats"], clip_ids[train], log)
     log.info(f"similarity_cross: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
     return _write(pd.DataFrame(rows, columns=SIMILARITY_COLUMNS), table, log)

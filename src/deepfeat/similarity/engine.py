@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from deepfeat.similarity.bootstrap import _bootstrap_ci
+from deepfeat.similarity.bootstrap import _bootstrap_ci, _cka_psi, _dcka_psi, _replicates, _Resampler
+from deepfeat.similarity.chance import _Chance, cka_chance
 from deepfeat.similarity.feature_form import _FeatureForm, block_forms
 from deepfeat.similarity.gram_blocks import _GramBlocks
 from deepfeat.similarity.gram_form import _GramForm
@@ -26,18 +27,49 @@ from deepfeat.similarity.reader import _Reader
 from deepfeat.similarity.sources import _Source
 
 
-class _Engine(_FeatureForm, _GramForm, _GramBlocks, _GramSpace, _Reader):
+class _Engine(_Chance, _FeatureForm, _GramForm, _GramBlocks, _GramSpace, _Reader):
     """Computes the measures of many segment pairs over the training rows of column sources (see module docstring).
 
     ``cache``: a :class:`~deepfeat.similarity.cache._EngineCache` (self terms of one source read, not computed);
     ``pool``: the window pool the features sources were made with (:func:`~deepfeat.similarity.reader.window_pool`).
-    ``run(pairs)`` returns {pair: {values, flags, n, method, p_a, p_b, ci}}."""
+    ``stats``: the ``stats`` settings and ``recordings`` (the recording of each of the N clips): with them the
+    replicates of CKA and debiased CKA (recording-level resamples of the training clips, SIMILARITY_STREAM) and the
+    permutation band of the chance level (:mod:`deepfeat.similarity.chance`) are computed too (the replicates only
+    with ``replicates``).
+    ``run(pairs)`` returns {pair: {values, flags, n, method, p_a, p_b, ci, chance, null, reps}}: ``chance``
+    {measure: expected value for unrelated sets}, ``null`` {measure: (lo, hi)}, ``reps`` {measure: (B,)
+    replicates} (only rows computed on every training clip)."""
 
-    def __init__(self, sources: Sequence[_Source], train: np.ndarray, cfg: dict, device, log, cache=None, pool=None):
+    def __init__(
+        self,
+        sources: Sequence[_Source],
+        train: np.ndarray,
+        cfg: dict,
+        device,
+        log,
+        cache=None,
+        pool=None,
+        stats: dict | None = None,
+        recordings=None,
+        replicates: bool = True,
+    ):
         super().__init__(sources, train, cfg, device, log, pool)
         self.ms = cfg["measures"]
         self.need_eig = bool(EIG_MEASURES & set(self.ms))
-        self.boot = cfg["bootstrap"] > 0 and "cka" in self.ms
+        self.ci = cfg["bootstrap"] > 0 and "cka" in self.ms
+        self.stats = stats
+        self.recordings = None if recordings is None else np.asarray(recordings).astype(str)
+        if stats is not None and self.recordings is None:
+            raise ValueError("similarity: the stats settings need the clips' recordings")
+        self.resampler = None
+        if stats is not None and replicates and {"cka", "cka_debiased"} & set(self.ms):
+            from deepfeat.stats import SIMILARITY_STREAM
+
+            self.resampler = _Resampler(
+                self.recordings[self.rows], stats["resamples"], stats["seed"], SIMILARITY_STREAM
+            )
+        # the per-row influence values are computed for the intervals and for the replicates
+        self.boot = self.ci or self.resampler is not None
         self.cache = cache
         if cache is not None:
             if cache.source not in self.src:
@@ -92,15 +124,23 @@ class _Engine(_FeatureForm, _GramForm, _GramBlocks, _GramSpace, _Reader):
                 )
                 + f", {self.pool.seconds:.1f} s"
             )
-        if self.boot:
+        if self.ci:
             self._bootstrap()
+        if self.stats is not None:
+            self._chance_path(pairs)
         return self.res
 
     def _widths_fs(self) -> list[int]:
         return [s.P for s in self.src.values() if s.take is not None]
 
-    def _result(self, pair, vals, flags, n, method):
+    def _result(self, pair, vals, flags, n, method, specs=None):
         a, b = pair
+        chance = {}
+        if specs is not None:
+            if "cka" in vals and np.isfinite(vals["cka"]):
+                chance["cka"] = cka_chance(specs[0], specs[1], n)
+            if "cka_debiased" in vals and np.isfinite(vals["cka_debiased"]):
+                chance["cka_debiased"] = 0.0  # exactly, under a uniform permutation of one side's rows
         self.res[pair] = dict(
             values=vals,
             flags=flags,
@@ -109,7 +149,34 @@ class _Engine(_FeatureForm, _GramForm, _GramBlocks, _GramSpace, _Reader):
             p_a=self.seg_src[a].segments[a],
             p_b=self.seg_src[b].segments[b],
             ci=None,
+            chance=chance,
+            null={},
+            reps={},
         )
+
+    def _wants_influence(self, vals) -> bool:
+        """Whether a pair with these values needs its per-row influence values (CKA or debiased CKA finite)."""
+        return self.boot and any(np.isfinite(vals.get(m, np.nan)) for m in ("cka", "cka_debiased"))
+
+    def _keep(self, pair, method, r, qa, qb, sa, sb, n, vals) -> None:
+        """Store what the intervals and the replicates need of one pair from its per-row parts r_i = x_i'C_xy y_i,
+        q^a_i, q^b_i over its n rows: the CKA influence values (for ``ci_low``/``ci_high``, exactly as before) and,
+        for a pair computed on every training clip, the first-order changes under the recording-level resamples."""
+        cka_v = vals.get("cka", np.nan)
+        if self.ci and np.isfinite(cka_v):
+            psi = _cka_psi(r, qa, qb, sa, sb, cka_v, n)
+            self.psi[pair] = (method, psi.cpu().numpy() if hasattr(psi, "cpu") else psi)
+        if self.resampler is None or n != self.n:
+            return
+        reps = self.res[pair]["reps"]
+        if np.isfinite(cka_v):
+            psi = self.psi[pair][1] if pair in self.psi else _cka_psi(r, qa, qb, sa, sb, cka_v, n)
+            reps["cka"] = _replicates("cka", cka_v, self.resampler.delta(psi))
+        d_v = vals.get("cka_debiased", np.nan)
+        if np.isfinite(d_v):
+            reps["cka_debiased"] = _replicates(
+                "cka_debiased", d_v, self.resampler.delta(_dcka_psi(r, qa, qb, sa, sb, d_v, n))
+            )
 
     def _bootstrap(self):
         B, seed = self.cfg["bootstrap"], self.cfg["seed"]

@@ -26,8 +26,15 @@ from collections import Counter, OrderedDict, deque
 import numpy as np
 import torch
 
-from deepfeat.similarity.bootstrap import _cka_psi, _self_influence
-from deepfeat.similarity.measures import _pair_measures, _Spec, _spec_from_cov, _SpecLazyV
+from deepfeat.similarity.bootstrap import _self_influence
+from deepfeat.similarity.measures import (
+    HELDOUT_MEASURES,
+    _pair_measures,
+    _Spec,
+    _spec_from_cov,
+    _SpecLazyV,
+    heldout_measures,
+)
 from deepfeat.similarity.moments import Moments
 
 SELF_BYTES = 24  # bytes per entry of a block's p x p self-covariance at its peak (sums, mirrored sums, centred)
@@ -192,20 +199,68 @@ class _FeatureForm:
                 for a, b in it["pairs"]:
                     ab[(a, b)] = mom.ab(f"{it['va']}|{a}", f"{it['vb']}|{b}")
         mom.centre_cross()
-        C = {}
+        C, H = {}, {}
+        held = [m for m in HELDOUT_MEASURES if m in self.ms]
         for it in items:
             for a, b in it["pairs"]:
                 cxy = mom.cross_cov(f"{it['va']}|{a}", f"{it['vb']}|{b}")
                 vals, flags = _pair_measures(
                     cxy, self.spec[a], self.spec[b], ab.get((a, b), float("nan")), self.ms, self.n
                 )
-                self._result((a, b), vals, flags, self.n, "feature")
-                if self.boot and np.isfinite(vals["cka"]):
+                self._result((a, b), vals, flags, self.n, "feature", (self.spec[a], self.spec[b]))
+                if self._wants_influence(vals):
                     C[(a, b)] = cxy
+                if held and self.spec[a].fro2 > 0 and self.spec[b].fro2 > 0:
+                    H[(a, b)] = (it, cxy)
         means = {v[0]: torch.cat([mom.mean(f"{v[0]}|{s}") for s in v[2]]) for v in views}
         if C:
             self._influence_pass(items, views, means, C, k, kept)
-        del mom, C
+        if H:
+            self._heldout_pass(items, views, H, k)
+        del mom, C, H
+
+    def _heldout_pass(self, items, views, H, k) -> None:
+        """The held-out measures of the pairs ``H`` ({pair: (item, training C_xy)}): one streamed pass over the
+        test clips (every clip outside the training split) for their test-centred sums of products, then
+        :func:`~deepfeat.similarity.measures.heldout_measures` with the training fit."""
+        t0 = time.perf_counter()
+        test = ~self.train
+        mom = None
+        if test.sum() >= 2:
+            mom = Moments(
+                self._view_groups(views),
+                cross=[(it["va"], it["vb"]) for it in items],
+                self_cov=True,
+                device=self.device,
+                row_norms=False,
+            )
+            for data, *_ in self._stream(views, f"test pass {k}", mask=test):
+                mom.update(data)
+        for (a, b), (it, cxy) in H.items():
+            res = self.res[(a, b)]
+            if mom is None:
+                for m in HELDOUT_MEASURES:
+                    if m in self.ms:
+                        res["flags"][m] = f"test_clips={int(test.sum())}<2"
+                continue
+            ka, kb = f"{it['va']}|{a}", f"{it['vb']}|{b}"
+            tm = dict(
+                n=mom.n,
+                mean_x=mom.mean(ka),
+                mean_y=mom.mean(kb),
+                cxx=mom.cov(ka),
+                cyy=mom.cov(kb),
+                cxy=mom.cross_cov(ka, kb),
+            )
+            for m, v in heldout_measures(cxy, self.spec[a], self.spec[b], tm, self.ms).items():
+                res["values"][m] = v
+                if np.isfinite(v):
+                    res["flags"].pop(m, None)
+                else:
+                    res["flags"][m] = "heldout_undefined"
+        self.log.info(
+            f"  held-out measures of {len(H)} pairs on {int(test.sum())} test clips in {time.perf_counter() - t0:.1f} s"
+        )
 
     def _new_spectra(self, mom: Moments, new, home, debiased: bool) -> None:
         """Spectra of the blocks first seen in this pass, freeing each one's self sums as soon as it is taken."""
@@ -252,9 +307,8 @@ class _FeatureForm:
             pos += nb
         self.q.update(q)
         for (a, b), rv in r.items():
-            cka_ab = self.res[(a, b)]["values"]["cka"]
-            psi = _cka_psi(rv, self.q[a], self.q[b], self.spec[a], self.spec[b], cka_ab, self.n)
-            self.psi[(a, b)] = ("feature", psi)
+            vals = self.res[(a, b)]["values"]
+            self._keep((a, b), "feature", rv, self.q[a], self.q[b], self.spec[a], self.spec[b], self.n, vals)
         self.log.info(f"  influence values for {len(C)} pairs (bootstrap) in {time.perf_counter() - t0:.1f} s")
 
 

@@ -173,10 +173,13 @@ def _crossprod(X: torch.Tensor) -> torch.Tensor:
     return C
 
 
-def _factor_pair(fx: _Factor, fy: _Factor, measures, need_psi: bool):
-    """Measures of two factors on the same rows; plus the CKA influence values when asked."""
+def _factor_pair(fx: _Factor, fy: _Factor, measures, need_psi: bool, parts: bool = False):
+    """Measures of two factors on the same rows; plus the CKA influence values when asked (``parts``: the per-row
+    r_i = x_i'C_xy y_i instead, when asked)."""
     R = fx.B.T @ fy.B
     vals, flags = _pair_measures(R, fx.spec, fy.spec, float(fx.a @ fy.a), measures, fx.spec.n)
+    if parts:
+        return vals, flags, (((fx.B @ R) * fy.B).sum(1) if need_psi else None)
     psi = None
     if need_psi and np.isfinite(vals.get("cka", np.nan)):
         r = ((fx.B @ R) * fy.B).sum(1)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepfeat.similarity.bootstrap import _cka_psi
 from deepfeat.similarity.gram import _Factor, _factor_pair
 from deepfeat.similarity.measures import F64, _measures, _Spec, _svals
 
@@ -156,11 +155,11 @@ class _GramBlocks:
             out = {group[0]: self._rep_pair(held[a], held[b])}
         else:
             out = self._rep_batch(group, pairs, held)
-        for i, (vals, flags, psi) in out.items():
+        for i, (vals, flags, parts) in out.items():
             a, b = pairs[i]
-            self._result((a, b), vals, flags, self.m, "gram")
-            if psi is not None:
-                self.psi[(a, b)] = ("gram", psi)
+            self._result((a, b), vals, flags, self.m, "gram", (held[a].spec, held[b].spec))
+            if parts is not None:
+                self._keep((a, b), "gram", *parts, held[a].spec, held[b].spec, self.m, vals)
             for s in (a, b):
                 pend[s].discard(i)
                 if s in held and not pend[s]:
@@ -281,16 +280,15 @@ class _GramBlocks:
             cca_sv=lambda: sv("rank"),
             svcca_sv=lambda: sv("d"),
         )
-        psi = None
-        if self.boot and np.isfinite(vals.get("cka", np.nan)):
-            psi = _cka_psi(r, ra.q, rb.q, ra.spec, rb.spec, vals["cka"], self.m).cpu().numpy()
-        return vals, flags, psi
+        parts = (r, ra.q, rb.q) if self._wants_influence(vals) else None
+        return vals, flags, parts
 
     def _rep_pair(self, ra: _Rep, rb: _Rep):
         """(values, flags, influence values or None) of one pair from the two representations."""
         ms, m = self.ms, self.m
         if ra.K is None and rb.K is None:
-            return _factor_pair(ra.f, rb.f, ms, self.boot)
+            vals, flags, r = _factor_pair(ra.f, rb.f, ms, self.boot, parts=True)
+            return vals, flags, ((r, ra.f.q, rb.f.q) if r is not None and self._wants_influence(vals) else None)
         if ra.K is not None and rb.K is not None:
             r = _rowdot(ra.K, rb.K)
 
@@ -321,10 +319,8 @@ class _GramBlocks:
             cca_sv=lambda: _svals(ra.Uk(ra.spec.rank).T @ rb.Uk(rb.spec.rank)),
             svcca_sv=lambda: _svals(ra.Uk(ra.spec.d).T @ rb.Uk(rb.spec.d)),
         )
-        psi = None
-        if self.boot and np.isfinite(vals.get("cka", np.nan)):
-            psi = _cka_psi(r, ra.q, rb.q, ra.spec, rb.spec, vals["cka"], m).cpu().numpy()
-        return vals, flags, psi
+        parts = (r, ra.q, rb.q) if self._wants_influence(vals) else None
+        return vals, flags, parts
 
 
 def _rowdot(K: torch.Tensor, L: torch.Tensor, step: int = 1024) -> torch.Tensor:

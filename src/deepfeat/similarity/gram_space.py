@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepfeat.similarity.bootstrap import _cka_psi
 from deepfeat.similarity.gram import _GramAcc, _mirror_lower, _sq_rows
 from deepfeat.similarity.measures import F64, _eigh_desc, _measures, _set_dims, _Spec, _svals
 
@@ -31,6 +30,7 @@ class _GBlock:
     a: torch.Tensor
     q: torch.Tensor
     U: torch.Tensor | None
+    B: torch.Tensor | None = None  # principal coordinates (m x r, BB' = K), kept only for ``procrustes``
 
 
 class _GramSpace:
@@ -43,6 +43,7 @@ class _GramSpace:
         nl = len({a for a, _ in pairs})
         lr = "r2_lr" in self.ms
         per = 1 + lr + (lr or bool({"r2_cca", "rho_cca", "r2_svcca", "rho_svcca"} & set(self.ms)))
+        per += "procrustes" in self.ms
         return 8 * (len(segs) * per * m * m + (m * nl * len(segs) if self.boot else 0) + 3 * m * m)
 
     def _gblock_needs(self, spec: _Spec, m: int) -> int:
@@ -79,7 +80,8 @@ class _GramSpace:
             spec = f.spec
             k = self._gblock_needs(spec, m) if self.need_eig else 0
             U = f.B[:, :k] * spec.lam[:k].rsqrt() if k else None
-            return _GBlock(Kout, spec, f.a, f.q if f.q is not None else (Kout * Kout).sum(1), U)
+            Bp = f.B if "procrustes" in self.ms else None
+            return _GBlock(Kout, spec, f.a, f.q if f.q is not None else (Kout * Kout).sum(1), U, Bp)
         src = self.seg_src[seg]
         c0, c1 = src.offsets[seg]
         p = c1 - c0
@@ -101,7 +103,10 @@ class _GramSpace:
         a = Kout.diagonal().clone()
         q = _sq_rows(Kout)
         spec = _Spec(n=m, p=p, trace=float(a.sum()), fro2=float(q.sum()), aa=float(a @ a))
-        U = None
+        U = Bp = None
+        want_b = "procrustes" in self.ms
+        if want_b and X is not None:
+            Bp = X  # the centred block itself: X X' = K
         if self.need_eig:
             if X is not None:  # p <= m: spectrum from the p x p covariance, eigenvectors of K = X V / sqrt(lam)
                 lam, V = _eigh_desc(X.T @ X)
@@ -112,8 +117,14 @@ class _GramSpace:
             k = self._gblock_needs(spec, m)
             if k:
                 U = (X @ V[:, :k]) * lam[:k].rsqrt() if X is not None else V[:, :k].clone()
+            if want_b and Bp is None:
+                Bp = V * lam.sqrt()
             del V
-        return _GBlock(Kout, spec, a, q, U)
+        elif want_b and Bp is None:
+            lam, V = _eigh_desc(Kout.clone())
+            Bp = V * lam.sqrt()
+            del V
+        return _GBlock(Kout, spec, a, q, U, Bp)
 
     def _gram_space(self, pairs, segs, m):
         """Every pair from the centred Grams K and projectors P of its blocks, all held at once:
@@ -143,11 +154,13 @@ class _GramSpace:
                 lr=lambda ia=ia, b=b: float(LR[ia, pidx[b]]),
                 cca_sv=lambda a=a, b=b: _svals(T[("cca", a, b)]),
                 svcca_sv=lambda a=a, b=b: _svals(T[("svcca", a, b)]),
+                nuc=lambda ga=ga, gb=gb: float(torch.linalg.svdvals(ga.B.T @ gb.B).sum()),
             )
-            self._result((a, b), vals, flags, m, "gram")
-            if r3 is not None and np.isfinite(vals.get("cka", np.nan)):
-                psi = _cka_psi(r3[:, ia, ib], ga.q, gb.q, ga.spec, gb.spec, vals["cka"], m)
-                self.psi[(a, b)] = ("gram", psi.cpu().numpy())
+            self._result((a, b), vals, flags, m, "gram", (ga.spec, gb.spec))
+            if r3 is not None and self._wants_influence(vals):
+                self._keep((a, b), "gram", r3[:, ia, ib], ga.q, gb.q, ga.spec, gb.spec, m, vals)
+        if getattr(self, "stats", None) is not None and m == self.n:  # the chance band may reuse these Grams
+            self._chance_grams = (Kst, idx)
         self.log.info(f"  Gram space: {len(pairs)} pairs of {len(order)} blocks in {time.perf_counter() - t0:.1f} s")
 
     def _gblocks(self, order, idx, m, t0):

@@ -14,10 +14,17 @@ columns are centred. C_xy = X'Y, C_xx = X'X, C_yy = Y'Y (unnormalised sums; ever
 - ``r2_cca`` / ``rho_cca``: mean squared / mean canonical correlation, sum_k s_k^2 / K and sum_k s_k / K with
   s the singular values of Q_X'Q_Y and K = min(rank X, rank Y) (= ||Q_Y'Q_X||_F^2 / p1, ||Q_Y'Q_X||_* / p1
   of docs/method.md whenever p1 <= p2 and X has full column rank).
+- ``procrustes``: the angular orthogonal Procrustes shape distance (Williams et al. 2021),
+  arccos(||C_xy||_* / sqrt(tr C_xx tr C_yy)) in radians, [0, pi/2]; smaller = more similar (0: Y a rotation of a
+  scaled X). ||C_xy||_* (nuclear norm) = the sum of the singular values of X'Y = the sum of the square roots of the
+  eigenvalues of K_x^(1/2) K_y K_x^(1/2) (Gram form: of B_x'B_y, B the principal coordinates).
 - ``r2_svcca`` / ``rho_svcca``: the same between U_X and U_Y, the leading left singular vectors of X and of Y
   that explain ``svcca_variance`` of their variance: d = min{k : sum_{i<=k} l_i / sum l >= 0.99} with l the
   squared singular values, i.e. the component whose cumulative share crosses the threshold is kept;
   normalised by min(d_X, d_Y).
+
+- ``r2_lr_test``, ``r2_cca_test``, ``rho_cca_test``, ``r2_svcca_test``, ``rho_svcca_test``: the same fits on the
+  training clips evaluated on the test clips (:func:`heldout_measures`; feature form only).
 
 Whitening for LR/CCA/SVCCA uses eigh(C) with a relative rank cutoff: components with eigenvalue <= ``rank_rtol``
 x the largest are dropped. LR, CCA and SVCCA values are NaN with a ``flag`` when the rank (or the SVCCA
@@ -48,6 +55,9 @@ import torch
 from deepfeat.formats.tables import MEASURES
 
 EIG_MEASURES = frozenset({"r2_lr", "r2_cca", "rho_cca", "r2_svcca", "rho_svcca"})
+#: the held-out twins: fitted on the training clips, evaluated on the test clips (feature form only)
+HELDOUT_MEASURES = ("r2_lr_test", "r2_cca_test", "rho_cca_test", "r2_svcca_test", "rho_svcca_test")
+EIG_MEASURES = EIG_MEASURES | frozenset(HELDOUT_MEASURES)
 F64 = torch.float64
 # From this size on, CPU eigendecompositions use LAPACK dsyevr through scipy: measured 1.5-2x faster than torch's
 # here (n = 1024: 0.46 vs 0.66 s, n = 2048: 3.8 vs 6.9 s, one thread) and with less workspace. Smaller matrices
@@ -253,13 +263,15 @@ def _measures(
     lr: Callable | None = None,
     cca_sv: Callable | None = None,
     svcca_sv: Callable | None = None,
+    nuc: Callable | None = None,
 ):
     """({measure: value}, {measure: flag}) of one pair from its parts.
 
     F = ||C_xy||_F^2 (= <K_x, K_y>), ab = sum_i a_i b_i; the eigen-based parts are callables evaluated only when
     their measure is asked and defined: ``lr()`` = tr(C_xy C_yy^+ C_yx) with C_yy^+ the rank-truncated inverse
     (= <K_x, P_y>, P_y the projector onto b's leading ``rank`` directions), ``cca_sv()`` / ``svcca_sv()`` the
-    singular values of U_x'U_y over the rank / SVCCA subspaces (the canonical correlations).
+    singular values of U_x'U_y over the rank / SVCCA subspaces (the canonical correlations), ``nuc()`` =
+    ||C_xy||_* (``procrustes``; None or returning None: NaN with the flag ``procrustes_not_in_this_form``).
     """
     nan = float("nan")
     vals, flags = {}, {}
@@ -271,10 +283,21 @@ def _measures(
             if m in measures:
                 vals[m], flags[m] = nan, flag
 
+    # held-out measures need the test clips: the feature form fills them in (:func:`heldout_measures`)
+    setnan([m for m in HELDOUT_MEASURES if m in measures], "gram_form")
     _cka_values(F, ab, sx, sy, measures, n, vals, setnan, zero, zflag)
-    eig = [m for m in measures if m in EIG_MEASURES]
+    if "procrustes" in measures:
+        if zero:
+            setnan(["procrustes"], zflag)
+        else:
+            v = None if nuc is None else nuc()
+            if v is None:
+                setnan(["procrustes"], "procrustes_not_in_this_form")
+            else:
+                vals["procrustes"] = math.acos(min(1.0, max(-1.0, float(v) / math.sqrt(sx.trace * sy.trace))))
+    eig = [m for m in measures if m in EIG_MEASURES and m not in HELDOUT_MEASURES]
     if not eig:
-        return vals, flags
+        return {m: vals[m] for m in measures if m in vals}, flags
     if zero:
         setnan(eig, zflag)
         return {m: vals[m] for m in measures}, {m: flags[m] for m in measures if m in flags}
@@ -321,4 +344,48 @@ def _pair_measures(cxy: torch.Tensor, sx: _Spec, sy: _Spec, ab: float, measures,
         lr=lambda: float((p1() * p1()).sum()),
         cca_sv=lambda: _svals(_white_left(p1(), sx, sx.rank)),
         svcca_sv=lambda: _svals(_white_left(p1()[:, : sy.d], sx, sx.d)),
+        nuc=lambda: float(torch.linalg.svdvals(cxy).sum()),
     )
+
+
+def heldout_measures(cxy, sx: _Spec, sy: _Spec, test: dict, measures) -> dict:
+    """{measure: value} of the held-out measures of one feature-form pair: fitted on the training clips (the
+    cross-covariance ``cxy`` and the spectra ``sx``/``sy`` with their means, eigenvectors and ranks), evaluated on
+    the test clips (``test``: n, mean_x, mean_y, the test-centred sums of products cxx, cyy, cxy).
+
+    ``r2_lr_test``: 1 - SSE / SST of the test rows of a predicted from b by the training regression (training means
+    and rank-truncated C_yy^+ C_yx), SST around the test mean. ``r2_cca_test`` / ``rho_cca_test``: the training
+    canonical directions (K = min(rank_a, rank_b) pairs) applied to the test rows; mean squared / mean correlation of
+    the test canonical variates (test-centred; a correlation may be negative). ``r2_svcca_test`` / ``rho_svcca_test``:
+    the same over the SVCCA dimensions."""
+    out = {}
+    nt = test["n"]
+    if nt < 2:
+        return {m: float("nan") for m in HELDOUT_MEASURES if m in measures}
+    Cxx, Cyy, Cxy = test["cxx"], test["cyy"], test["cxy"]
+    if "r2_lr_test" in measures:
+        r = sy.rank
+        Ty = sy.V[:, :r] * sy.lam[:r].rsqrt()  # p_y x r: training whitening of b
+        P = cxy @ Ty  # p_x x r: the training fit, x_hat = P z with z = Ty'(y - mean_y)
+        dx, dy = test["mean_x"] - sx.mean, test["mean_y"] - sy.mean
+        Sxz = (Cxy + nt * torch.outer(dx, dy)) @ Ty
+        Szz = Ty.T @ (Cyy + nt * torch.outer(dy, dy)) @ Ty
+        sst = float(Cxx.diagonal().sum())
+        sxx = sst + nt * float(dx @ dx)
+        sse = sxx - 2 * float((P * Sxz).sum()) + float(((P.T @ P) * Szz).sum())
+        out["r2_lr_test"] = 1 - sse / sst if sst > 0 else float("nan")
+    for (r2, rho), dim in ((("r2_cca_test", "rho_cca_test"), "rank"), (("r2_svcca_test", "rho_svcca_test"), "d")):
+        if r2 not in measures and rho not in measures:
+            continue
+        kx, ky = getattr(sx, dim), getattr(sy, dim)
+        Tx = sx.V[:, :kx] * sx.lam[:kx].rsqrt()
+        Ty = sy.V[:, :ky] * sy.lam[:ky].rsqrt()
+        U, _, Vh = torch.linalg.svd(Tx.T @ cxy @ Ty, full_matrices=False)
+        K = min(kx, ky)
+        A, B = Tx @ U[:, :K], Ty @ Vh[:K].T
+        cov = ((Cxy @ B) * A).sum(0)
+        va, vb = ((Cxx @ A) * A).sum(0), ((Cyy @ B) * B).sum(0)
+        corr = cov / torch.sqrt(va * vb)
+        out[r2] = float((corr * corr).mean()) if K else float("nan")
+        out[rho] = float(corr.mean()) if K else float("nan")
+    return {m: v for m, v in out.items() if m in measures}

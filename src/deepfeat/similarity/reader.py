@@ -183,10 +183,11 @@ class _Reader:
             return self.chunk
         return max(1, min(self.chunk, int(self.pool.limit // (4 * width))))
 
-    def _stream(self, views, what: str):
+    def _stream(self, views, what: str, mask: np.ndarray | None = None):
+        """Chunks ({view: rows}, i0, i1, sel) of the training rows (or of the rows of ``mask``)."""
         t0, state = time.perf_counter(), {}
         rows = self._chunk_rows(views)
-        for i0, i1, sel in self._chunks(self.train, rows):
+        for i0, i1, sel in self._chunks(self.train if mask is None else mask, rows):
             yield {v[0]: self._read_view(v, i0, i1, sel) for v in views}, i0, i1, sel
             self._progress(what, t0, i1, state)
         if self.pool is not None:
