@@ -22,6 +22,7 @@ from deepfeat.similarity.gram import GRAM_STREAM
 from deepfeat.similarity.measures import _Spec, _svals, _svcca_dim
 
 ALL = [m for m in sim.MEASURES if not m.endswith("_test") and m != "procrustes"]  # the in-sample measures
+HELD_OUT = [m for m in sim.MEASURES if m.endswith("_test")]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -428,7 +429,8 @@ def test_similarity_deep_table(files, memory_mb, chunk):
     _check_table(df)
     n_hc, n_l = len(HC), len(LAYERS)
     per = {"deep_vs_handcrafted": 2 * n_l * n_hc, "trained_vs_untrained": n_l, "layer_vs_layer": 2 * 3}
-    assert df.groupby("comparison").size().to_dict() == {k: v * len(ALL) for k, v in per.items()}
+    nd = len(config.default("similarity", "measures"))  # the in-sample measures and r2_lr_test
+    assert df.groupby("comparison").size().to_dict() == {k: v * nd for k, v in per.items()}
     assert (df["n"] == train.sum()).all() and (df["dataset"] == "toy").all() and (df["task"] == "family").all()
     cka = df[df["measure"] == "cka"]
     assert cka["ci_low"].notna().all() and (cka["ci_low"] <= cka["value"] + 1e-12).all()
@@ -437,7 +439,8 @@ def test_similarity_deep_table(files, memory_mb, chunk):
     assert set(df.loc[df["layer_a"] == "conv1", "method"]) == {"gram"}
     assert set(df.loc[(df["layer_a"] == "conv3") & (df["feature_b"] == "RMS"), "method"]) == {"feature"}
     # every value equals the in-memory computation on the same (z-scored) arrays
-    for _, row in df.sample(40, random_state=0).iterrows():
+    # (the held-out r2_lr_test has its own tests: tests/test_similarity_stats.py)
+    for _, row in df[~df["measure"].str.endswith("_test")].sample(40, random_state=0).iterrows():
         X = deep[row["trained_a"], row["layer_a"]][train]
         if row["comparison"] == "deep_vs_handcrafted":
             Y = zscore(hc[row["feature_b"]], train)[train]
@@ -769,6 +772,8 @@ def test_single_pair_defaults_are_the_schema_defaults():
     X, Y = related(rng, n=60, p1=7, p2=30)
     keys = ("measures", "svcca_variance", "max_features", "rank_rtol")
     explicit = sim.all_measures(X, Y, **{k: config.default("similarity", k) for k in keys})
+    # the default's held-out measures need a test split: left out of a single pair's defaults, NaN when asked
+    assert explicit["flags"].pop("r2_lr_test") == "no_test_clips" and np.isnan(explicit.pop("r2_lr_test"))
     assert sim.all_measures(X, Y) == explicit
     assert list(explicit)[: len(ALL)] == list(ALL)
     assert sim.svcca(X, Y) == sim.svcca(X, Y, variance=config.default("similarity", "svcca_variance"))
@@ -903,6 +908,8 @@ def test_on_demand_rows_are_only_those_needed(models, monkeypatch):
     monkeypatch.setattr(ModelFeatures, "batches", spy)
     mb = 0.2
     settings = {"similarity": {"device": "cpu", "bootstrap": 0, "gram_max_clips": 20, "memory_mb": mb, "seed": 1}}
+    # the in-sample measures only: the held-out ones (r2_lr_test, in the default) also compute the test clips' rows
+    settings["similarity"]["measures"] = [m for m in config.default("similarity", "measures") if m not in HELD_OUT]
     settings["deep"] = ON_DEMAND
     lines = _Lines()
     sim.similarity_deep(

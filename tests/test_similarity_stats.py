@@ -390,28 +390,98 @@ def ref_heldout(Xtr, Ytr, Xte, Yte, variance=0.99):
 HELD = ["r2_lr_test", "r2_cca_test", "rho_cca_test", "r2_svcca_test", "rho_svcca_test"]
 
 
-def test_similarity_deep_heldout_matches_a_naive_fit(files):
-    tmp, train, deep, hc = files
-    params = dict(bootstrap=0, device="cpu", measures=["cka", "r2_lr", *HELD])
-    df = _run_deep(tmp, params)
+def _check_heldout(df, deep, hc, train, methods=("feature", "gram")):
+    """Every finite held-out value of ``df`` (rows of ``methods``) against :func:`ref_heldout` on all clips."""
     test = ~train
-    feat = df[(df["method"] == "feature") & df["measure"].isin(HELD)]
-    assert len(feat) and feat["value"].notna().all()
-    gram = df[(df["method"] == "gram") & df["measure"].isin(HELD)]
-    assert gram["value"].isna().all() and (gram["flag"] == "gram_form").all()
-    for _, row in feat.iterrows():
+    rows = df[df["method"].isin(methods) & df["measure"].isin(HELD) & df["value"].notna()]
+    for _, row in rows.iterrows():
         X = deep[row["trained_a"], row["layer_a"]].astype(np.float64)
         if row["comparison"] == "deep_vs_handcrafted":
             Y = zscore(hc[row["feature_b"]], train).astype(np.float64)
         else:
             Y = deep[row["trained_b"], row["layer_b"]].astype(np.float64)
         want = ref_heldout(X[train], Y[train], X[test], Y[test])[row["measure"]]
-        assert row["value"] == pytest.approx(want, rel=1e-7, abs=1e-9), (
+        tol = dict(rel=1e-7, abs=1e-9) if row["method"] == "feature" else dict(rel=1e-6, abs=1e-8)
+        assert row["value"] == pytest.approx(want, **tol), (
+            row["method"],
             row["measure"],
             row["layer_a"],
             row["feature_b"],
             row["layer_b"],
         )
+    return rows
+
+
+def test_similarity_deep_heldout_matches_a_naive_fit(files):
+    tmp, train, deep, hc = files
+    params = dict(bootstrap=0, device="cpu", measures=["cka", "r2_lr", *HELD])
+    df = _run_deep(tmp, params)
+    feat = df[(df["method"] == "feature") & df["measure"].isin(HELD)]
+    assert len(feat) and feat["value"].notna().all()
+    gram = df[(df["method"] == "gram") & df["measure"].isin(HELD)]
+    # Gram form (Gram space): r2_lr_test unless the regressor's rank reaches n - 1 (the training fit interpolates,
+    # NaN as the in-sample r2_lr); CCA/SVCCA where the subspaces do not intersect (rank_a + rank_b <= n - 1: else
+    # tied unit canonical correlations, no unique directions)
+    lr = gram[gram["measure"] == "r2_lr_test"]
+    lr_nan = lr["value"].isna()
+    assert lr_nan.any() and (~lr_nan).any()
+    assert lr.loc[lr_nan, "flag"].str.contains(">=n-1=").all() and (lr.loc[~lr_nan, "flag"] == "").all()
+    key = ["comparison", "layer_a", "trained_a", "layer_b", "trained_b", "feature_b"]
+    both = lr.merge(df[df["measure"] == "r2_lr"], on=key, suffixes=("", "_in"))
+    assert len(both) == len(lr) and (both["value"].isna() == both["value_in"].isna()).all()  # the rule of r2_lr
+    nan = gram[gram["value"].isna() & (gram["measure"] != "r2_lr_test")]
+    assert nan["measure"].isin(HELD[1:]).all() and nan["flag"].str.contains(">n-1=").all()
+    assert gram["value"].notna().sum() > (~lr_nan).sum()
+    _check_heldout(df, deep, hc, train)
     # on average the in-sample fit explains more than it predicts on the held-out clips
     f = df[df["method"] == "feature"]
     assert f.loc[f["measure"] == "r2_lr", "value"].mean() > f.loc[f["measure"] == "r2_lr_test", "value"].mean()
+
+
+def test_similarity_deep_heldout_gram_form_equals_feature_form(files):
+    """Every block forced into the Gram form (max_features = 1; Gram space on all training clips): the held-out
+    values of the feature-form pairs are unchanged."""
+    tmp, train, deep, hc = files
+    params = dict(bootstrap=0, device="cpu", measures=["cka", "r2_lr", *HELD])
+    ref = _run_deep(tmp, params)
+    df = _run_deep(tmp, {**params, "max_features": 1}, table="gram.csv", boot="gram.boot.h5")
+    assert (df["method"] == "gram").all()
+    key = ["comparison", "layer_a", "trained_a", "layer_b", "trained_b", "feature_b", "measure"]
+    both = ref.merge(df, on=key, suffixes=("_f", "_g"))
+    both = both[both["method_f"] == "feature"]
+    held = both[both["measure"].isin(HELD)]
+    assert len(held) and held["value_g"].notna().all()
+    np.testing.assert_allclose(held["value_g"], held["value_f"], rtol=1e-7, atol=1e-9)
+    _check_heldout(df, deep, hc, train)
+
+
+def test_similarity_deep_heldout_gram_subset_and_test_cap(files):
+    """Gram subset (gram_max_clips < n): the held-out fit uses the m subset clips, evaluated on a seeded subset of
+    at most gram_max_clips test clips; against a naive fit on exactly those clips."""
+    from deepfeat.formats.cliptable import seeded_subset
+    from deepfeat.similarity.gram import GRAM_STREAM
+    from deepfeat.similarity.gram_space import HELDOUT_STREAM
+
+    tmp, train, deep, hc = files
+    cap = 12
+    params = dict(bootstrap=0, device="cpu", measures=["cka", *HELD], max_features=1, gram_max_clips=cap)
+    df = _run_deep(tmp, params)
+    rows = np.flatnonzero(train)
+    sub = np.zeros(len(train), bool)
+    sub[rows[seeded_subset(len(rows), cap, 0, GRAM_STREAM)]] = True
+    tst = np.flatnonzero(~train)
+    assert len(tst) > cap
+    te = np.zeros(len(train), bool)
+    te[tst[seeded_subset(len(tst), cap, 0, HELDOUT_STREAM)]] = True
+    lr = df[df["measure"] == "r2_lr_test"]
+    assert len(lr) and (lr["n"] == cap).all()
+    nan = lr["value"].isna()  # a regressor of rank n - 1 = 11 on the 12 subset clips interpolates them
+    assert (~nan).any() and lr.loc[nan, "flag"].str.contains(f">=n-1={cap - 1}").all()
+    for _, row in lr[~nan].iterrows():
+        X = deep[row["trained_a"], row["layer_a"]].astype(np.float64)
+        if row["comparison"] == "deep_vs_handcrafted":
+            Y = zscore(hc[row["feature_b"]], train).astype(np.float64)
+        else:
+            Y = deep[row["trained_b"], row["layer_b"]].astype(np.float64)
+        want = ref_heldout(X[sub], Y[sub], X[te], Y[te])["r2_lr_test"]
+        assert row["value"] == pytest.approx(want, rel=1e-6, abs=1e-8)

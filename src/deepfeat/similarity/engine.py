@@ -119,6 +119,7 @@ class _Engine(_Chance, _FeatureForm, _GramForm, _GramBlocks, _GramSpace, _Reader
                 + (
                     f"every training clip's layers kept in memory ({4 * self.n * sum(self._widths_fs()) / 1e6:.0f} "
                     f"MB, within {self.pool.limit / 1e6:.0f} MB): {got['resident']} passes of the network(s)"
+                    + (f" (+{got['subset']} over the Gram and test clips)" if got["subset"] else "")
                     if self.resident
                     else f"{got['chunk']} chunks and {got['subset']} Gram-subset windows computed"
                 )

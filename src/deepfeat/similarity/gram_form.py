@@ -39,8 +39,8 @@ class _GramForm:
             + (" (seeded subset)" if m < self.n else " (all)")
             + f": {how} (every Gram at once: ~{est / 1e6:.0f} MB; memory_mb {self.budget / 1e6:g})"
         )
-        if est <= self.budget:
-            self._gram_space(pairs, segs, m)
+        if est <= self.budget:  # the held-out measures never change the path: computed when they fit as well
+            self._gram_space(pairs, segs, m, heldout=self._gram_space_bytes(pairs, segs, m, True) <= self.budget)
         else:
             self._gram_blocked(pairs, segs)
 

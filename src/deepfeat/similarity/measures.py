@@ -24,7 +24,11 @@ columns are centred. C_xy = X'Y, C_xx = X'X, C_yy = Y'Y (unnormalised sums; ever
   normalised by min(d_X, d_Y).
 
 - ``r2_lr_test``, ``r2_cca_test``, ``rho_cca_test``, ``r2_svcca_test``, ``rho_svcca_test``: the same fits on the
-  training clips evaluated on the test clips (:func:`heldout_measures`; feature form only).
+  training clips evaluated on the test clips (:func:`heldout_measures`, feature form; the Gram-space twin
+  :meth:`deepfeat.similarity.gram_space._GramSpace._ho_values`, on the Gram subset and at most ``gram_max_clips``
+  test clips; the block-by-block Gram path leaves them NaN, flag ``gram_form``). Held-out CCA/SVCCA are NaN when
+  rank_a + rank_b (d_a + d_b) > n - 1: the training subspaces intersect, the unit canonical correlations tie and
+  the test value would depend on an arbitrary rotation within them.
 
 Whitening for LR/CCA/SVCCA uses eigh(C) with a relative rank cutoff: components with eigenvalue <= ``rank_rtol``
 x the largest are dropped. LR, CCA and SVCCA values are NaN with a ``flag`` when the rank (or the SVCCA
@@ -283,7 +287,7 @@ def _measures(
             if m in measures:
                 vals[m], flags[m] = nan, flag
 
-    # held-out measures need the test clips: the feature form fills them in (:func:`heldout_measures`)
+    # held-out measures need the test clips: the feature form and Gram space fill them in (:func:`heldout_measures`)
     setnan([m for m in HELDOUT_MEASURES if m in measures], "gram_form")
     _cka_values(F, ab, sx, sy, measures, n, vals, setnan, zero, zflag)
     if "procrustes" in measures:
@@ -357,13 +361,17 @@ def heldout_measures(cxy, sx: _Spec, sy: _Spec, test: dict, measures) -> dict:
     and rank-truncated C_yy^+ C_yx), SST around the test mean. ``r2_cca_test`` / ``rho_cca_test``: the training
     canonical directions (K = min(rank_a, rank_b) pairs) applied to the test rows; mean squared / mean correlation of
     the test canonical variates (test-centred; a correlation may be negative). ``r2_svcca_test`` / ``rho_svcca_test``:
-    the same over the SVCCA dimensions."""
+    the same over the SVCCA dimensions. CCA/SVCCA: NaN when kx + ky > n - 1 (intersecting subspaces: no unique
+    canonical directions); ``r2_lr_test``: NaN when rank_b >= n - 1 (the training fit interpolates, as for
+    ``r2_lr``)."""
     out = {}
     nt = test["n"]
     if nt < 2:
         return {m: float("nan") for m in HELDOUT_MEASURES if m in measures}
     Cxx, Cyy, Cxy = test["cxx"], test["cyy"], test["cxy"]
-    if "r2_lr_test" in measures:
+    if "r2_lr_test" in measures and sy.rank >= sy.n - 1:  # the training fit interpolates (as r2_lr: NaN)
+        out["r2_lr_test"] = float("nan")
+    elif "r2_lr_test" in measures:
         r = sy.rank
         Ty = sy.V[:, :r] * sy.lam[:r].rsqrt()  # p_y x r: training whitening of b
         P = cxy @ Ty  # p_x x r: the training fit, x_hat = P z with z = Ty'(y - mean_y)
@@ -378,6 +386,9 @@ def heldout_measures(cxy, sx: _Spec, sy: _Spec, test: dict, measures) -> dict:
         if r2 not in measures and rho not in measures:
             continue
         kx, ky = getattr(sx, dim), getattr(sy, dim)
+        if kx + ky > sx.n - 1:  # the subspaces intersect: tied unit canonical correlations, directions not unique
+            out[r2] = out[rho] = float("nan")
+            continue
         Tx = sx.V[:, :kx] * sx.lam[:kx].rsqrt()
         Ty = sy.V[:, :ky] * sy.lam[:ky].rsqrt()
         U, _, Vh = torch.linalg.svd(Tx.T @ cxy @ Ty, full_matrices=False)

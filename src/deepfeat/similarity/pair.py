@@ -48,8 +48,9 @@ def all_measures(
     Columns are centred here (no other scaling). ``method``: "feature" (covariance blocks, one pass),
     "gram" (n x n Gram eigendecompositions of both blocks) or "auto" (gram when a block has more than
     ``max_features`` columns or at least n columns). ``measures``, ``svcca_variance``, ``max_features`` and
-    ``rank_rtol``: None = the schema's default (``similarity`` section). Returns {measure: value, ..., "flags":
-    {measure: reason of a NaN}, "method": method used, "n": rows}.
+    ``rank_rtol``: None = the schema's default (``similarity`` section; ``measures`` = None: its default less the
+    held-out measures, which need a test split; asked explicitly they are NaN, flag ``no_test_clips``). Returns
+    {measure: value, ..., "flags": {measure: reason of a NaN}, "method": method used, "n": rows}.
     """
     given = dict(
         measures=None if measures is None else list(measures),
@@ -63,6 +64,8 @@ def all_measures(
     n, p1, p2 = X.shape[0], X.shape[1], Y.shape[1]
     if method == "auto":
         method = "gram" if max(p1, p2) > cfg["max_features"] or max(p1, p2) >= n else "feature"
+    if measures is None:  # one set of rows: the default's held-out measures (r2_lr_test) have no test clips here
+        cfg["measures"] = [m for m in cfg["measures"] if m not in HELDOUT_MEASURES]
     ms = cfg["measures"]
     need_eig = bool(EIG_MEASURES & set(ms))
     if method == "feature":
