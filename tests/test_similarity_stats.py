@@ -16,7 +16,7 @@ from deepfeat import similarity as sim
 from deepfeat import stats
 from deepfeat.formats.replicates import fingerprint, read_replicates
 from deepfeat.similarity.bootstrap import _cka_psi, _dcka_psi, _replicates, _Resampler
-from deepfeat.similarity.chance import cka_chance, null_band, permutation_rows
+from deepfeat.similarity.chance import cka_chance, eig_chance, null_band, permutation_rows
 from deepfeat.similarity.comparisons import BOOT_KEYS
 from deepfeat.similarity.measures import _Spec
 
@@ -141,6 +141,30 @@ def test_cka_chance_and_zero_dcka_chance_by_enumeration():
     assert np.std(dk) > 0.1  # not trivially zero
 
 
+def test_r2_chance_levels_by_enumeration():
+    """Over all n! permutations of the rows of one side: mean r2_lr = r_b / (n-1), mean r2_cca = max(r_a, r_b) /
+    (n-1), mean r2_svcca = max(d_a, d_b) / (n-1) (exactly: E[permuted projection] = r/(n-1) (I - 11'/n))."""
+    rng = np.random.default_rng(6)
+    n = 5  # 120 permutations; ranks 2 and 3 stay below n - 1
+    X, Y = rng.normal(size=(n, 2)) ** 3, rng.normal(size=(n, 3))
+    ms = ["r2_lr", "r2_cca", "r2_svcca"]
+    cfg = dict(svcca_variance=0.8)
+    got = np.array(
+        [[sim.all_measures(X[list(p)], Y, ms, **cfg)[m] for m in ms] for p in itertools.permutations(range(n))]
+    )
+
+    def svcca_dim(A):  # the smallest k whose leading squared singular values hold svcca_variance of the total
+        lam = np.linalg.eigvalsh(_c(A).T @ _c(A))[::-1]
+        return int(np.argmax(np.cumsum(lam) / lam.sum() >= cfg["svcca_variance"])) + 1
+
+    sx, sy = _Spec(n=n, p=2, trace=0, fro2=0, aa=0, rank=2), _Spec(n=n, p=3, trace=0, fro2=0, aa=0, rank=3)
+    sx.d, sy.d = svcca_dim(X), svcca_dim(Y)
+    want = [eig_chance(sx, sy, n, m) for m in ms]
+    assert want[:2] == [3 / 4, 3 / 4] and want[2] == max(sx.d, sy.d) / 4
+    np.testing.assert_allclose(got.mean(0), want, rtol=1e-10)
+    assert (got.std(0) > 0.05).all()  # not trivially constant
+
+
 def test_permutation_rows_move_recordings():
     rng = np.random.default_rng(5)
     single = np.array([f"r{i}" for i in rng.permutation(30)])
@@ -248,7 +272,15 @@ def test_similarity_deep_replicates_and_chance(files, gram_max_clips):
     cka = df[df["measure"] == "cka"]
     assert cka["chance"].between(0, 1).all() and (cka["null_lo"] <= cka["null_hi"]).all()
     assert (df.loc[df["measure"] == "cka_debiased", "chance"] == 0).all()
-    assert df.loc[~df["measure"].isin(["cka", "cka_debiased"]), ["chance", "null_lo", "null_hi"]].isna().all().all()
+    assert df.loc[~df["measure"].isin(["cka", "cka_debiased"]), ["null_lo", "null_hi"]].isna().all().all()
+    # r2_lr / r2_cca / r2_svcca: the exact chance rank / (n - 1) wherever the value is defined; none for the rest
+    r2 = df[df["measure"].isin(["r2_lr", "r2_cca", "r2_svcca"])]
+    assert (r2["chance"].notna() == r2["value"].notna()).all() and r2["chance"].dropna().between(0, 1).all()
+    assert r2["value"].notna().any()
+    k = r2["chance"].dropna() * (r2.loc[r2["chance"].notna(), "n"] - 1)
+    np.testing.assert_allclose(k, np.round(k), atol=1e-9)  # an integer rank or SVCCA dimension
+    other = ~df["measure"].isin(["cka", "cka_debiased", "r2_lr", "r2_cca", "r2_svcca"])
+    assert df.loc[other, "chance"].isna().all()
     rel = cka[cka["comparison"] == "layer_vs_layer"]  # layers of one state share a 3-d signal
     assert (rel["value"] > rel["null_hi"]).all()
     assert (rel["value"] > rel["chance"]).all()

@@ -7,7 +7,13 @@
   computed on; tr K = sum of the covariance eigenvalues, ||K||_F^2 = the sum of their squares), so it needs only
   the two blocks' spectra (:func:`cka_chance`). It grows with the widths relative to n: read CKA against it.
 - ``cka_debiased``: 0 (the unbiased HSIC has expectation exactly 0 under a uniform permutation of one side).
-- the other measures: NaN (no formula, and their permutation null is not computed).
+- ``r2_lr``, ``r2_cca``, ``r2_svcca``: exact too. Under a uniform permutation of the rows of one side the
+  projection P onto that side's centred column space (rank r) has E[P] = r / (n - 1) (I - 11'/n), so
+  E[||Q_a'Q_b||_F^2] = r_a r_b / (n - 1): E[r2_lr] = r_b / (n - 1) (b the regressor), E[r2_cca] =
+  max(r_a, r_b) / (n - 1) (normalised by min(r_a, r_b)), E[r2_svcca] = max(d_a, d_b) / (n - 1) over the SVCCA
+  dimensions (:func:`eig_chance`).
+- the other measures (mean canonical correlations, Procrustes, the held-out twins): NaN (no formula, and their
+  permutation null is not computed).
 
 ``null_lo`` / ``null_hi``: the ``stats.level`` band of the permutation null of CKA and debiased CKA: on a seeded
 subset of at most ``stats.chance_max_clips`` training clips (:data:`CHANCE_STREAM`; fewer when every block's Gram
@@ -38,6 +44,23 @@ def cka_chance(sx: _Spec, sy: _Spec, n: int) -> float:
     """E[CKA] under a uniform permutation of the rows of one side: tr K_x tr K_y / ((n - 1) ||K_x|| ||K_y||)."""
     den = math.sqrt(sx.fro2 * sy.fro2)
     return sx.trace * sy.trace / ((n - 1) * den) if den > 0 and n > 1 else float("nan")
+
+
+def eig_chance(sx: _Spec, sy: _Spec, n: int, measure: str) -> float:
+    """E[measure] under a uniform permutation of the rows of one side, for r2_lr (b the regressor: r_b / (n - 1)),
+    r2_cca (max(r_a, r_b) / (n - 1)) and r2_svcca (max(d_a, d_b) / (n - 1)); NaN for any other measure or when
+    the ranks are unknown."""
+    if n < 2:
+        return float("nan")
+    if measure == "r2_lr":
+        k = sy.rank
+    elif measure == "r2_cca":
+        k = max(sx.rank, sy.rank) if min(sx.rank, sy.rank) > 0 else -1
+    elif measure == "r2_svcca":
+        k = max(sx.d, sy.d) if min(sx.d, sy.d) > 0 else -1
+    else:
+        return float("nan")
+    return k / (n - 1) if k > 0 else float("nan")
 
 
 def permutation_rows(recordings, seed: int, t: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from deepfeat.similarity.bootstrap import _bootstrap_ci, _cka_psi, _dcka_psi, _replicates, _Resampler
-from deepfeat.similarity.chance import _Chance, cka_chance
+from deepfeat.similarity.chance import _Chance, cka_chance, eig_chance
 from deepfeat.similarity.feature_form import _FeatureForm, block_forms
 from deepfeat.similarity.gram_blocks import _GramBlocks
 from deepfeat.similarity.gram_form import _GramForm
@@ -142,6 +142,9 @@ class _Engine(_Chance, _FeatureForm, _GramForm, _GramBlocks, _GramSpace, _Reader
                 chance["cka"] = cka_chance(specs[0], specs[1], n)
             if "cka_debiased" in vals and np.isfinite(vals["cka_debiased"]):
                 chance["cka_debiased"] = 0.0  # exactly, under a uniform permutation of one side's rows
+            for m in ("r2_lr", "r2_cca", "r2_svcca"):
+                if m in vals and np.isfinite(vals[m]):
+                    chance[m] = eig_chance(specs[0], specs[1], n, m)
         self.res[pair] = dict(
             values=vals,
             flags=flags,
