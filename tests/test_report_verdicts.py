@@ -40,8 +40,12 @@ def _boot_rows(paths, **eq) -> tuple[np.ndarray, np.ndarray, list[dict]]:
             m = np.ones(len(k), bool)
             for c, v in eq.items():
                 m &= (k[c] == str(v)).to_numpy()
-            vals.append(f["values"][:][m])
-            reps.append(f["replicates"][:][m].astype(np.float64))
+            v = f["values"][:]
+            vals.append(v[m])
+            off = f["offsets"][:].astype(np.float64)  # replicate = value + scale x offset; -32768 = NaN
+            r = v[:, None] + f["scale"][:][:, None] * off
+            r[f["offsets"][:] == -32768] = np.nan
+            reps.append(r[m])
             keys += k[m].to_dict("records")
     return np.concatenate(vals), np.concatenate(reps), keys
 

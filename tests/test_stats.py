@@ -89,3 +89,28 @@ def test_seed_replicates_of_a_second_side_draw_independently():
     r0, r1 = stats.seed_replicates(const, 2), stats.seed_replicates(const, 2, side=1)
     assert abs(np.corrcoef(r0, r1)[0, 1]) < 0.15
     assert np.array_equal(stats.seed_replicates(per_seed[:1], 2, side=1), per_seed[0])
+
+
+def test_replicates_files_keep_replicates_to_a_65534th_of_the_largest_deviation(tmp_path):
+    """*.boot.h5 stores int16 offsets from the value with a per-row scale: every replicate comes back within
+    max|replicate - value| / 65534 of its row, NaN replicates and rows without replicates stay NaN."""
+    import pandas as pd
+
+    from deepfeat.formats.replicates import read_replicates, write_replicates
+
+    rng = np.random.default_rng(0)
+    values = np.array([0.5, 0.9, np.nan, 0.3, -2.0])
+    reps = values[:, None] + rng.normal(0, [[0.05], [0.0], [0.1], [0.2], [3.0]], (5, 4000))
+    reps[3, 7] = np.nan
+    write_replicates(
+        tmp_path / "r.boot.h5", pd.DataFrame({"k": list("abcde")}), values, reps, seed=0, stream=1, unit="x"
+    )
+    _, v, got, _ = read_replicates(tmp_path / "r.boot.h5")
+    np.testing.assert_array_equal(v, values)
+    assert np.isnan(got[2]).all() and np.isnan(got[3, 7]) and np.isfinite(np.delete(got[3], 7)).all()
+    assert (got[1] == 0.9).all()  # a row without spread comes back exactly
+    for r in (0, 3, 4):
+        dev = np.nanmax(np.abs(reps[r] - values[r]))
+        err = np.nanmax(np.abs(got[r] - reps[r]))
+        assert 0 < err <= dev / 65534 * (1 + 1e-9)
+    assert (tmp_path / "r.boot.h5").stat().st_size < 5 * 4000 * 3  # 2 bytes per replicate (+ a header)

@@ -4,9 +4,12 @@ two values (of this job or of another job of the dataset) can be compared by a p
 Every job of a dataset draws the same recording-level resamples of the same clips (:mod:`deepfeat.stats`), so
 replicate b of two values comes from one resample and their difference's replicates are simply the differences.
 
-Layout: ``replicates`` float32 (rows x B): row r holds the B replicates of the value described by row r of
-``keys/``; ``keys/<column>`` (one string dataset per key column, rows aligned); ``values`` float64 (rows): the values
-themselves (computed on all clips). Root attributes ``resamples`` (B), ``seed``, ``stream`` (the resample stream of
+Layout: ``offsets`` int16 (rows x B) and ``scale`` float64 (rows): replicate b of row r is ``values[r] +
+scale[r] * offsets[r, b]`` (the value described by row r of ``keys/``), with ``scale[r]`` = the largest
+|replicate - value| of the row / 32767, so the stored replicates are within 1/65534 of the row's largest deviation
+of the exact ones (half the bytes of float32, far finer than float16); -32768 marks a NaN replicate, and a row
+without replicates has scale NaN. ``keys/<column>`` (one string dataset per key column, rows aligned); ``values``
+float64 (rows): the values themselves (computed on all clips). Root attributes ``resamples`` (B), ``seed``, ``stream`` (the resample stream of
 :mod:`deepfeat.stats`), ``unit`` (what the clips are, e.g. "test clips"), ``columns`` (JSON list of the key columns
 in order), ``clips`` (:func:`fingerprint` of the ids of the resampled clips, in order: two files are paired
 through the same resamples only when their fingerprints, seeds and streams agree).
@@ -39,10 +42,11 @@ def write_replicates(
 ) -> None:
     """Write the replicates file ``path`` atomically: ``keys`` (one row per value; its columns are stored as text),
     ``values`` (rows,), ``replicates`` (rows x B) and ``clips`` (the :func:`fingerprint` of the resampled clips)."""
-    reps = np.asarray(replicates, np.float32)
+    reps = np.asarray(replicates, np.float64)
     values = np.asarray(values, np.float64)
     if reps.ndim != 2 or len(reps) != len(keys) or len(values) != len(keys):
         raise ValueError(f"{path}: {len(keys)} keys, {len(values)} values and replicates of shape {reps.shape}")
+    offsets, scale = _encode(reps, values)
     with write_h5(path, KIND) as f:
         f.attrs.update(
             resamples=int(reps.shape[1]),
@@ -56,8 +60,9 @@ def write_replicates(
         for c in keys.columns:
             g.create_dataset(c, data=keys[c].astype(str).to_numpy(dtype=object), dtype=STR)
         f.create_dataset("values", data=values)
+        f.create_dataset("scale", data=scale)
         f.create_dataset(
-            "replicates", data=reps, chunks=(max(1, min(len(reps), 256)), reps.shape[1]) if len(reps) else None
+            "offsets", data=offsets, chunks=(max(1, min(len(reps), 256)), reps.shape[1]) if reps.size else None
         )
 
 
@@ -68,7 +73,32 @@ def read_replicates(path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
         cols = json.loads(f.attrs["columns"])
         keys = pd.DataFrame({c: f["keys"][c].asstr()[:] for c in cols}, columns=cols)
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-        return keys, f["values"][:], f["replicates"][:].astype(np.float64), attrs
+        values = f["values"][:]
+        return keys, values, _decode(f["offsets"][:], f["scale"][:], values), attrs
+
+
+NAN_CODE = np.int16(-32768)
+
+
+def _encode(reps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 offsets, float64 scale per row) of replicates around their values (see the module docstring)."""
+    dev = reps - values[:, None]
+    finite = np.isfinite(dev)
+    with np.errstate(invalid="ignore"):
+        big = np.where(finite, np.abs(dev), 0.0).max(axis=1, initial=0.0)
+    scale = np.where(finite.any(axis=1) & np.isfinite(values), big / 32767.0, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(finite, np.rint(dev / np.where(scale > 0, scale, 1.0)[:, None]), 0.0)
+    offsets = np.clip(q, -32767, 32767).astype(np.int16)
+    offsets[~finite | ~np.isfinite(scale)[:, None]] = NAN_CODE
+    return offsets, scale
+
+
+def _decode(offsets: np.ndarray, scale: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float64 replicates from int16 offsets, per-row scales and the values."""
+    out = values[:, None] + scale[:, None] * offsets.astype(np.float64)
+    out[offsets == NAN_CODE] = np.nan
+    return out
 
 
 def read_stacked(paths) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
