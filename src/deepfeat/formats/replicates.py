@@ -4,15 +4,15 @@ two values (of this job or of another job of the dataset) can be compared by a p
 Every job of a dataset draws the same recording-level resamples of the same clips (:mod:`deepfeat.stats`), so
 replicate b of two values comes from one resample and their difference's replicates are simply the differences.
 
-Layout: ``offsets`` int16 (rows x B) and ``scale`` float64 (rows): replicate b of row r is ``values[r] +
-scale[r] * offsets[r, b]`` (the value described by row r of ``keys/``), with ``scale[r]`` = the largest
-|replicate - value| of the row / 32767, so the stored replicates are within 1/65534 of the row's largest deviation
-of the exact ones (half the bytes of float32, far finer than float16); -32768 marks a NaN replicate, and a row
-without replicates has scale NaN. ``keys/<column>`` (one string dataset per key column, rows aligned); ``values``
-float64 (rows): the values themselves (computed on all clips). Root attributes ``resamples`` (B), ``seed``, ``stream`` (the resample stream of
+Layout: ``offsets`` int16 (rows x B) and ``scale`` float64 (rows): replicate b of row r is ``values[r] + scale[r] *
+offsets[r, b]`` (the value described by row r of ``keys/``), with ``scale[r]`` = the largest |replicate - value| of
+the row / 32767, so the stored replicates are within 1/65534 of the row's largest deviation of the exact ones (half
+the bytes of float32, far finer than float16); -32768 marks a NaN replicate, and a row without replicates has scale
+NaN. ``keys/<column>`` (one string dataset per key column, rows aligned); ``values`` float64 (rows): the values
+themselves (computed on all clips). Root attributes ``resamples`` (B), ``seed``, ``stream`` (the resample stream of
 :mod:`deepfeat.stats`), ``unit`` (what the clips are, e.g. "test clips"), ``columns`` (JSON list of the key columns
-in order), ``clips`` (:func:`fingerprint` of the ids of the resampled clips, in order: two files are paired
-through the same resamples only when their fingerprints, seeds and streams agree).
+in order), ``clips`` (:func:`fingerprint` of the ids of the resampled clips, in order: two files are paired through
+the same resamples only when their fingerprints, seeds and streams agree).
 """
 
 from __future__ import annotations
