@@ -94,6 +94,11 @@ def ingest_root(w):
     return f"{R}/{w.dataset}/raw" if "render" in ds else ds["path"]
 
 
+def boot_of(csvs):
+    """The bootstrap replicate files (*.boot.h5) written beside these probe or similarity CSVs."""
+    return [f.removesuffix(".csv") + ".boot.h5" for f in csvs]
+
+
 def conv_model_files(dataset, task):
     """The model files of the convolutional networks trained on ``task`` (the inputs of similarity_cross)."""
     return [f"{R}/{dataset}/models/{t}/{a}/seed{s}.pt" for t, a, s in models_of(dataset, CONV_ARCHS) if t == task]

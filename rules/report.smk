@@ -16,11 +16,9 @@ rule tables:
         similarity_cross=lambda w: similarity_cross_files(w.dataset),
         # the bootstrap replicates beside the probe and similarity CSVs (the comparisons' intervals)
         boot_probe_handcrafted=f"{R}/{{dataset}}/probes/handcrafted.boot.h5",
-        boot_probe_deep=lambda w: [f.removesuffix(".csv") + ".boot.h5" for f in probe_deep_files(w.dataset)],
-        boot_similarity_deep=lambda w: [f.removesuffix(".csv") + ".boot.h5" for f in similarity_deep_files(w.dataset)],
-        boot_similarity_cross=lambda w: [
-            f.removesuffix(".csv") + ".boot.h5" for f in similarity_cross_files(w.dataset)
-        ],
+        boot_probe_deep=lambda w: boot_of(probe_deep_files(w.dataset)),
+        boot_similarity_deep=lambda w: boot_of(similarity_deep_files(w.dataset)),
+        boot_similarity_cross=lambda w: boot_of(similarity_cross_files(w.dataset)),
     output:
         tables=report(
             directory(f"{R}/{{dataset}}/tables"),
