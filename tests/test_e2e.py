@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -176,7 +177,6 @@ def _same_table(got, want: pd.DataFrame) -> None:
 def test_activations_on_demand_equal_the_stored_features(done, tmp_path):
     """The consumers of deep features compute the activations from the model files; run on the features that
     ``deep.store`` exports for the same models they give the same tables (bitwise on the CPU)."""
-    import numpy as np
 
     from deepfeat import config as cf
     from deepfeat import workflow as wf
@@ -212,23 +212,27 @@ def test_activations_on_demand_equal_the_stored_features(done, tmp_path):
                 mel=r / "mel.h5",
                 scores=out / "p.csv",
                 confusion=out / "c.csv",
+                boot=out / "p.boot.h5",
                 settings=settings("probe_deep"),
                 dataset=ds,
             )
             want = pd.read_csv(r / "probes" / "deep" / main / arch / f"{seed}.csv")
             _same_table(out / "p.csv", want)
+            _same_replicates(out / "p.boot.h5", r / "probes" / "deep" / main / arch / f"{seed}.boot.h5")
             similarity_deep(
                 model=model,
                 deep=f,
                 features=r / "handcrafted.h5",
                 mel=r / "mel.h5",
                 table=out / "s.csv",
+                boot=out / "s.boot.h5",
                 moments=r / "similarity" / "handcrafted_moments.h5",
                 settings=settings("similarity_deep"),
                 dataset=ds,
             )
             want = pd.read_csv(r / "similarity" / "deep" / main / arch / f"{seed}.csv")
             _same_table(out / "s.csv", want)
+            _same_replicates(out / "s.boot.h5", r / "similarity" / "deep" / main / arch / f"{seed}.boot.h5")
             n_checked += 2
         similarity_cross(
             models=[r / "models" / main / f.parent.name / f"{f.stem}.pt" for f in deep],
@@ -243,6 +247,20 @@ def test_activations_on_demand_equal_the_stored_features(done, tmp_path):
         with h5py.File(deep[0]) as h:
             assert json.loads(h.attrs["layers"]) == layers and np.isfinite(h["trained/conv3"][:]).all()
     assert n_checked >= 2 * len(c["datasets"])
+
+
+def _same_replicates(got, want) -> None:
+    """Two replicate files hold the same keys and resamples, and values and replicates to float64 rounding."""
+    from deepfeat.formats.replicates import read_replicates
+
+    kg, vg, rg, ag = read_replicates(got)
+    kw, vw, rw, aw = read_replicates(want)
+    pd.testing.assert_frame_equal(kg, kw)
+    assert {k: ag[k] for k in ("seed", "stream", "clips", "resamples")} == {
+        k: aw[k] for k in ("seed", "stream", "clips", "resamples")
+    }
+    np.testing.assert_allclose(vg, vw, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(rg, rw, rtol=1e-9, atol=1e-9, equal_nan=True)
 
 
 def scratch_copy(done, tmp_path):
