@@ -52,22 +52,27 @@ def permute_by_recording(values, recordings, seed: int, stream: int = CONTROL_ST
     return values[first[perm]][codes]
 
 
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean of each resample: sum_i w_bi v_i / sum_i w_bi for ``values`` (clips, or clips x k: every column at
+    once) and weights (resamples x clips); (resamples,) or (resamples x k); NaN for a resample without clips."""
+    v = np.asarray(values, np.float64)
+    weights = np.asarray(weights, np.float64)
+    tot = weights.sum(1)
+    tot = tot[:, None] if v.ndim == 2 else tot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, (weights @ v) / tot, np.nan)
+
+
 def weighted_accuracy(correct: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Accuracy of each resample: sum_i w_bi c_i / sum_i w_bi, for correctness ``correct`` (clips) and weights
     (resamples x clips); NaN for a resample without clips."""
-    tot = weights.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(tot > 0, weights @ np.asarray(correct, np.float64) / tot, np.nan)
+    return weighted_mean(correct, weights)
 
 
 def weighted_rmse(errors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """RMSE of each resample: sqrt(sum_i w_bi e_i^2 / sum_i w_bi) for the prediction errors ``errors``
     (clips, or clips x targets) and weights (resamples x clips)."""
-    e2 = np.square(np.asarray(errors, np.float64))
-    tot = weights.sum(1)
-    tot = tot[:, None] if e2.ndim == 2 else tot
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sqrt(np.where(tot > 0, (weights @ e2) / tot, np.nan))
+    return np.sqrt(weighted_mean(np.square(np.asarray(errors, np.float64)), weights))
 
 
 def seed_replicates(per_seed: np.ndarray, seed: int, side: int = 0) -> np.ndarray:
@@ -119,5 +124,6 @@ __all__ = [
     "seed_replicates",
     "verdict",
     "weighted_accuracy",
+    "weighted_mean",
     "weighted_rmse",
 ]

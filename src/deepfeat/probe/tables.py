@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from deepfeat.formats.tables import CONFUSION_COLUMNS, PROBE_COLUMNS
+from deepfeat.stats import weighted_mean
 
 KEY_COLUMNS = [c for c in PROBE_COLUMNS if c not in ("metric", "split", "value")]  # what identifies one probe
 BOOT_COLUMNS = [c for c in PROBE_COLUMNS if c not in ("split", "value")]  # the key columns of a *.boot.h5 row
@@ -105,9 +106,7 @@ class ProbeTables:
                 if self.per_clip[i].shape != (n_te,):
                     raise ValueError(f"per-clip results of {self.per_clip[i].shape} for {n_te} test clips")
                 M[j] = self.per_clip[i]
-        tot = weights.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reps = np.where(tot[None, :] > 0, (M @ weights.T) / tot[None, :], np.nan)  # (rows x B) weighted means
+        reps = weighted_mean(M.T, weights).T  # (rows x B): every row's weighted mean by one product
         rmse = (test["metric"] == "rmse").to_numpy()
         reps[rmse] = np.sqrt(reps[rmse])
         reps[~known] = np.nan
