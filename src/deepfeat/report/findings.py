@@ -447,30 +447,29 @@ def _robustness(d: Doc, main: str, ch: pd.DataFrame) -> None:
             f"{pt} from the {layer} features of networks trained on {tt}: best {arch} with {word}",
             d.mean_sd("robustness", i, dig, unit),
         ]
-        if pd.notna(r["matched_mean"]):
-            s += [
-                f"; the same layer of {arch} trained on {pt}: ",
-                d.mean_sd("robustness", i, dig, unit, "matched_mean", "matched_sd"),
-                ", ",
-                d.compare(
-                    "cross_task_vs_matched",
-                    lab,
-                    cmp.deep_label(r["arch"], layer, "trained", pt, pt),
-                    "this layer",
-                    f"the same layer trained on {pt}",
-                    *ways,
-                    dig,
-                ),
-            ]
-        if pd.notna(r["network_mean"]):
-            s += [
-                f"; the {arch} network trained on {pt}: ",
-                d.mean_sd("robustness", i, dig, unit, "network_mean", "network_sd"),
-                ", ",
-                d.compare(
-                    "deep_vs_network", lab, cmp.network_label(r["arch"], pt), "this layer", "the network", *ways, dig
-                ),
-            ]
+        for key, what, kind, other, name in (
+            (
+                "matched",
+                f"the same layer of {arch} trained on {pt}",
+                "cross_task_vs_matched",
+                cmp.deep_label(r["arch"], layer, "trained", pt, pt),
+                f"the same layer trained on {pt}",
+            ),
+            (
+                "network",
+                f"the {arch} network trained on {pt}",
+                "deep_vs_network",
+                cmp.network_label(r["arch"], pt),
+                "the network",
+            ),
+        ):
+            if pd.notna(r[f"{key}_mean"]):
+                s += [
+                    f"; {what}: ",
+                    d.mean_sd("robustness", i, dig, unit, f"{key}_mean", f"{key}_sd"),
+                    ", ",
+                    d.compare(kind, lab, other, "this layer", name, *ways, dig),
+                ]
         if r["handcrafted_best"]:
             s += [
                 f"; best hand-crafted feature {r['handcrafted_best']}: ",
