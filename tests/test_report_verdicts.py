@@ -334,25 +334,28 @@ def test_selectivity_columns_are_computed_from_the_control_rows(built):
     assert list(control_flag(df, t["chance"])) == ["True", "False"]
 
 
+#: the key columns of one synthetic deep-vs-hand-crafted similarity row (Regular conv1, trained)
+SIM_ROW = dict(
+    comparison="deep_vs_handcrafted",
+    task="t",
+    arch_a="Regular",
+    layer_a="conv1",
+    trained_a="trained",
+    arch_b="",
+    layer_b="",
+    trained_b="",
+    p_a=10.0,
+    p_b=5.0,
+    method="feature",
+    flag="",
+)
+
+
 def test_similarity_summary_carries_chance_and_null_band_means():
     from deepfeat.report.heatmaps import _pivot
     from deepfeat.report.tables import similarity_summary
 
-    base = dict(
-        comparison="deep_vs_handcrafted",
-        task="t",
-        arch_a="Regular",
-        layer_a="conv1",
-        trained_a="trained",
-        arch_b="",
-        layer_b="",
-        trained_b="",
-        measure="cka",
-        p_a=10.0,
-        p_b=5.0,
-        method="feature",
-        flag="",
-    )
+    base = dict(SIM_ROW, measure="cka")
     rows = [
         dict(base, feature_b="F", value=0.5, chance=0.2, null_lo=0.1, null_hi=0.3),
         dict(base, feature_b="F", value=0.7, chance=0.4, null_lo=0.3, null_hi=0.5),
@@ -403,20 +406,7 @@ def test_every_measure_has_a_display_name_and_distances_pick_the_smallest():
     assert set(MEASURES) <= set(MEASURE_DISPLAY)
     assert MEASURE_DISPLAY["r2_lr_test"] == "R² (linear regression, held-out)"
     assert MEASURE_DISPLAY["procrustes"] == "Procrustes distance"
-    base = dict(
-        comparison="deep_vs_handcrafted",
-        task="t",
-        arch_a="Regular",
-        layer_a="conv1",
-        trained_a="trained",
-        arch_b="",
-        layer_b="",
-        trained_b="",
-        p_a=10.0,
-        p_b=5.0,
-        method="feature",
-        flag="",
-    )
+    base = dict(SIM_ROW)
     rows = [
         dict(base, feature_b=f, measure=m, value=v) for m in ("cka", "procrustes") for f, v in (("F", 0.2), ("G", 0.9))
     ]
