@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -649,7 +650,13 @@ def test_moments_file_holds_the_self_terms(files):
             np.testing.assert_allclose(V.T @ C @ V, np.diag(f["lam"]), atol=1e-9 * f["lam"][0])
         ys = z[sub] - z[sub].mean(0)
         K = ys @ ys.T
-        g, B = hm.gram[key], hm.gram_B[key]
+        g = hm.gram[key]
+        assert (key in hm.gram_B) == (p > 30) and (key in hm.gram_V) == (p <= 30)
+        if key in hm.gram_B:
+            B = hm.gram_B[key]
+        else:  # narrower than the subset: B is recomputed by the reading job from the subset's mean and V
+            np.testing.assert_allclose(g["mean"], z[sub].mean(0), rtol=1e-10, atol=1e-12)
+            B = (z[sub] - g["mean"]) @ hm.gram_V[key]
         np.testing.assert_allclose(B @ B.T, K, rtol=1e-9, atol=1e-9 * np.abs(K).max())
         if p >= 30:  # wider than the subset: the Gram itself is kept too
             np.testing.assert_allclose(hm.gram_K[key], K, rtol=1e-10, atol=1e-10 * np.abs(K).max())
@@ -791,7 +798,11 @@ def test_jobs_write_what_they_return(files):
     params = {"device": "cpu", "bootstrap": 3, "measures": ["cka", "r2_lr"]}
     path = _build_moments(tmp, params)
     hm = sim.read_handcrafted_moments(path)
-    assert hm.keys == sorted(HC) and hm.names["random"] == "Random" and set(hm.gram_B) == set(HC)  # file order
+    assert hm.keys == sorted(HC) and hm.names["random"] == "Random"  # file order
+    assert set(hm.gram_B) | set(hm.gram_V) == set(HC) and not set(hm.gram_B) & set(hm.gram_V)
+    with h5py.File(path) as f:  # the subset is every training clip: gram/V is feature/V, stored once
+        linked = [k for k in hm.gram_V if k in hm.feature]
+        assert linked and all(f[f"features/{k}/gram/V"] == f[f"features/{k}/feature/V"] for k in linked)
     for df, table in (
         (run_deep(tmp, params, moments=path), "deep.csv"),
         (

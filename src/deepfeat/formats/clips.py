@@ -4,7 +4,8 @@ Layout: ``audio`` (N x L), L = clip_seconds x sample_rate mono samples at the da
 stored either as float32 full-scale samples or, when every clip is exact 16-bit PCM (mono 16-bit files at the
 dataset's rate: no resampling, no channel mixing), as int16 with the attribute ``scale`` = 1/32768 (sample =
 int16 value x scale, exactly the float32 the decoder gave: half the size, the same spectrograms bit for bit);
-both compressed losslessly (gzip level 1 with byte shuffling, :data:`COMPRESSION`).
+both compressed losslessly (:data:`deepfeat.formats.files.LOSSLESS`: on the ci demo data 46 % smaller for the
+notes, 13-16 % for the rendered scores (int16), ~2 ms per 4 s clip to write and under 1 ms to read).
 Root attributes ``sample_rate``, ``clip_seconds``, ``dataset``, ``source_format``, ``source_root``, ``skipped``
 (JSON list of {file, reason}), ``split`` (JSON of the split settings); plus the clip table
 (:mod:`deepfeat.formats.cliptable`). Read the samples through :func:`clip_audio`, which hides the storage.
@@ -18,14 +19,11 @@ import h5py
 import numpy as np
 
 from deepfeat.formats.cliptable import write_clip_table
-from deepfeat.formats.files import open_h5
+from deepfeat.formats.files import LOSSLESS, open_h5
 
 KIND = "clips"
 PCM16_SCALE = 1.0 / 32768  # full scale of 16-bit PCM, as libsndfile decodes it (exact in float32)
 STORAGE = {"float32": np.float32, "int16": np.int16}
-#: lossless: on the ci demo data 46 % smaller for the notes, 13-16 % for the rendered scores (int16), ~2 ms per
-#: 4 s clip to write and under 1 ms to read
-COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 
 
 class AudioWriter:
@@ -40,12 +38,7 @@ class AudioWriter:
             raise ValueError(f"AudioWriter: storage must be one of {list(STORAGE)}, got {storage!r}")
         self.L, self.storage = int(clip_samples), storage
         self.ds = f.create_dataset(
-            "audio",
-            shape=(0, self.L),
-            maxshape=(None, self.L),
-            dtype=STORAGE[storage],
-            chunks=(1, self.L),
-            **COMPRESSION,
+            "audio", shape=(0, self.L), maxshape=(None, self.L), dtype=STORAGE[storage], chunks=(1, self.L), **LOSSLESS
         )
         if storage == "int16":
             self.ds.attrs["scale"] = PCM16_SCALE

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from deepfeat.formats.cliptable import copy_clip_table
-from deepfeat.formats.files import OpenFile, decode, open_h5, row_selection, write_h5
+from deepfeat.formats.files import OpenFile, decode, open_h5, read_rows, write_h5
 
 KIND = "deep"
 STATES = ("trained", "untrained")
@@ -112,8 +112,7 @@ class StoredFeatures(OpenFile):
 
     def rows(self, state: str, idx: np.ndarray, layers=None) -> dict[str, np.ndarray]:
         """{layer: float32 array (len(idx), d)} of the sorted, distinct clip indices ``idx``."""
-        sel = row_selection(idx)
-        return {a: self._f[state][a][sel] for a in (self.layers if layers is None else layers)}
+        return {a: read_rows(self._f[state][a], idx) for a in (self.layers if layers is None else layers)}
 
     def batches(self, state: str, idx: np.ndarray, layers=None):
         """Yield (positions in ``idx``, {layer: float32 array (b, d)}) ``batch_size`` rows at a time."""

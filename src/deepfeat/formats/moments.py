@@ -64,12 +64,16 @@ class HandcraftedMoments:
       ``trace`` = tr C_yy,
       ``fro2`` = ||C_yy||_F^2, ``aa`` = sum_i b_i^2 (b_i = ||y_i||^2, the debiased-HSIC self piece), ``q`` =
       y_i'C_yy y_i per training clip (the bootstrap's influence self term).
-    - ``gram`` (every feature; on the m Gram-subset clips, re-centred there) with ``gram_B``: principal
-      coordinates ``B`` (m x r, B'B = diag(lam), BB' = the centred Gram K_y) and ``lam`` (from the p x p covariance
+    - ``gram`` (every feature; on the m Gram-subset clips, re-centred there): ``lam`` (from the p x p covariance
       when p <= m, else from the m x m Gram: the cheaper of the two forms), ``a`` = diag K_y, ``q`` = row sums of
-      K_y * K_y, ``trace``, ``fro2`` = ||K_y||_F^2 = ||C_yy||_F^2, ``aa``; ``gram_K``: the centred m x m Gram K_y
-      itself for features wider than m (no larger than their B), so that jobs comparing in Gram space need not
-      rebuild it.
+      K_y * K_y, ``trace``, ``fro2`` = ||K_y||_F^2 = ||C_yy||_F^2, ``aa``, and what gives the principal coordinates
+      B (m x r, B'B = diag(lam), BB' = the centred Gram K_y): for features wider than m ``gram_B`` holds B itself
+      and ``gram_K`` the Gram K_y (no larger than B; jobs comparing in Gram space need not rebuild it); for the
+      others ``gram_V`` holds the p x p eigenvectors V of the subset's covariance and ``gram`` its column ``mean``
+      (p): B = (y_sub - mean) V is recomputed from handcrafted.h5 by the reading job
+      (:func:`deepfeat.similarity.cache.engine_cache`; O(m p^2), bit for bit the writer's product), which keeps
+      the file at O(p^2) per feature instead of O(m p). When the subset is every training clip, ``gram/V`` is a
+      hard link to ``feature/V`` (stored once).
     Ranks and SVCCA dimensions are derived from ``lam`` by the reading job (they depend on rank_rtol and
     svcca_variance); the cache depends only on the similarity settings recorded in ``settings``.
     """
@@ -88,6 +92,7 @@ class HandcraftedMoments:
     gram_K: Mapping = None
     gram_B: Mapping = None
     feature_V: Mapping = None
+    gram_V: Mapping = None
     n_const: int = 0
     seconds: float = 0.0
 
@@ -149,9 +154,16 @@ def write_handcrafted_moments(hm: HandcraftedMoments, path, features_h5=None) ->
                 if part == "feature":
                     gp.create_dataset("V", data=np.asarray(hm.feature_V[k], np.float64))
                 if part == "gram":
-                    gp.create_dataset("B", data=np.asarray(hm.gram_B[k], np.float64))
+                    if hm.gram_B and k in hm.gram_B:
+                        gp.create_dataset("B", data=np.asarray(hm.gram_B[k], np.float64))
                     if hm.gram_K and k in hm.gram_K:
                         gp.create_dataset("K", data=np.asarray(hm.gram_K[k], np.float64))
+                    if hm.gram_V and k in hm.gram_V:
+                        V = np.asarray(hm.gram_V[k], np.float64)
+                        if "feature" in gk and np.array_equal(gk["feature"]["V"][:], V):
+                            gp["V"] = gk["feature"]["V"]  # the subset is every training clip: one copy
+                        else:
+                            gp.create_dataset("V", data=V)
 
 
 def read_handcrafted_moments(path) -> HandcraftedMoments:
@@ -168,10 +180,14 @@ def read_handcrafted_moments(path) -> HandcraftedMoments:
             if "gram" not in gk:
                 raise ValueError(f"{path}: features/{k} lacks its Gram-subset factor; rebuild the file")
 
-        gram = LazyMap(keys, _loader(path, "gram", skip=("B", "K")))  # read only when a Gram-form pair needs it
-        gram_B = LazyMap(keys, _loader(path, "gram", "B"))
+        held = {k: set(f["features"][k]["gram"]) for k in keys}
+        if any(not ({"B", "V"} & h) for h in held.values()):
+            raise ValueError(f"{path}: a Gram-subset factor lacks both B and V (an older layout); rebuild the file")
+        gram = LazyMap(keys, _loader(path, "gram", skip=("B", "K", "V")))  # read when a Gram-form pair needs it
+        gram_B = LazyMap([k for k in keys if "B" in held[k]], _loader(path, "gram", "B"))
+        gram_V = LazyMap([k for k in keys if "V" in held[k] and "B" not in held[k]], _loader(path, "gram", "V"))
         feature_V = LazyMap(list(feature), _loader(path, "feature", "V"))
-        gram_K = LazyMap([k for k in keys if "K" in f["features"][k]["gram"]], _loader(path, "gram", "K"))
+        gram_K = LazyMap([k for k in keys if "K" in held[k]], _loader(path, "gram", "K"))
         return HandcraftedMoments(
             clip_ids=f["meta"]["clip_id"].asstr()[:],
             train_rows=f["train_rows"][:],
@@ -187,6 +203,7 @@ def read_handcrafted_moments(path) -> HandcraftedMoments:
             gram=gram,
             gram_K=gram_K,
             gram_B=gram_B,
+            gram_V=gram_V,
             n_const=int(f.attrs["n_const"]),
             seconds=float(f.attrs["seconds"]),
         )

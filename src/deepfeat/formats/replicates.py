@@ -23,7 +23,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from deepfeat.formats.files import STR, open_h5, write_h5
+from deepfeat.formats.files import LOSSLESS, STR, open_h5, write_h5
 
 KIND = "replicates"
 
@@ -62,7 +62,9 @@ def write_replicates(
         f.create_dataset("values", data=values)
         f.create_dataset("scale", data=scale)
         f.create_dataset(
-            "offsets", data=offsets, chunks=(max(1, min(len(reps), 256)), reps.shape[1]) if reps.size else None
+            "offsets",
+            data=offsets,
+            **({"chunks": (max(1, min(len(reps), 256)), reps.shape[1]), **LOSSLESS} if reps.size else {}),
         )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from deepfeat.formats.deep import STATES
-from deepfeat.formats.files import OpenFile, row_selection
+from deepfeat.formats.files import OpenFile, read_rows
 from deepfeat.formats.mel import open_mel, standardisation
 from deepfeat.nets.activations import layer_activations, standardise_input
 from deepfeat.nets.models import load_model
@@ -48,8 +48,9 @@ def check_mel(f, mel_path, model_path, meta: dict) -> None:
 
 
 def mel_rows(ds, idx: np.ndarray) -> np.ndarray:
-    """The spectrograms of the sorted, distinct clip indices ``idx`` (a contiguous run is read as one slice)."""
-    return ds[row_selection(idx)]
+    """The spectrograms of the sorted, distinct clip indices ``idx`` (each run of consecutive clips read as one
+    slice)."""
+    return read_rows(ds, idx)
 
 
 class ModelFeatures(OpenFile):

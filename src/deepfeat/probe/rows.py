@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from deepfeat.formats.files import row_selection
+from deepfeat.formats.files import read_rows
 from deepfeat.probe.standardisation import GramAccumulator, RunningStats, rows_per_chunk, standardise_rows
 
 FLOAT_COST = 1.0  # estimated multiply-adds per value read from a stage file (decompression, copies)
@@ -42,7 +42,7 @@ class DatasetSource:
         self.cost = FLOAT_COST * self.d
 
     def raw(self, idx: np.ndarray) -> torch.Tensor:
-        return _as_tensor(self.ds[row_selection(idx)], self.device)
+        return _as_tensor(read_rows(self.ds, idx), self.device)
 
 
 def forward_cost(feats, state: str, layer: str) -> float:

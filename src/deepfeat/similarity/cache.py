@@ -117,22 +117,48 @@ def engine_cache(hm: HandcraftedMoments, hc: _Source, cfg: dict, device, label: 
             specs[seg] = spec(d, hm.n, p, load_V=lambda k=k: t(hm.feature_V[k]), mean=d["mean"])
             qs[seg] = np.asarray(d["q"], np.float64)
 
+    def load_B(k):
+        if k in hm.gram_B:
+            return t(hm.gram_B[k])
+        return _coords(t(_sub_rows(hc, hm, k, int(cfg["chunk_size"]))).sub_(t(hm.gram[k]["mean"])), t(hm.gram_V[k]))
+
     def factor(seg):
         k = seg[3:]
         g = hm.gram[k]
-        return _LazyFactor(lambda: t(hm.gram_B[k]), spec(g, hm.m, hm.widths[k]), t(g["a"]), t(g["q"]))
+        return _LazyFactor(lambda: load_B(k), spec(g, hm.m, hm.widths[k]), t(g["a"]), t(g["q"]))
 
     factors = LazyMap([f"hc:{k}" for k in hm.keys], factor)
     grams = _Fresh([f"hc:{k}" for k in (hm.gram_K or {})], lambda seg: t(hm.gram_K[seg[3:]]))
 
     def forget(seg):
         factors[seg].release()
-        for m in (hm.gram_B, hm.gram_K):
+        for m in (hm.gram_B, hm.gram_K, hm.gram_V):
             _unload(m, seg[3:])
 
     shift = t(np.concatenate([hm.shift[k] for k in hm.keys]))
     inv = t(np.concatenate([hm.inv[k] for k in hm.keys]))
     return _EngineCache(hc.name, label, shift, inv, specs, qs, factors, hm.train_rows, hm.sub_rows, grams, forget)
+
+
+def _coords(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Principal coordinates B = X V of the centred subset rows X (m x p) and the eigenvectors V of X'X: the one
+    product behind both the cache's writer and :func:`engine_cache`'s recomputation (bit for bit the same B)."""
+    return X @ V
+
+
+def _sub_rows(hc: _Source, hm: HandcraftedMoments, k: str, chunk: int) -> np.ndarray:
+    """float64 (m x p): feature ``k`` of ``hc`` on the Gram-subset clips ``hm.sub_rows``, z-scored with the cache's
+    training statistics, read ``chunk`` clips at a time (the same element-wise arithmetic as the writer's read)."""
+    if hc.read_rows is None:
+        raise ValueError(f"{hc.label}: reading Gram-subset rows needs a source with read_rows")
+    c0, c1 = hc.offsets[f"hc:{k}"]
+    rows = np.asarray(hm.sub_rows, np.int64)
+    out, n_clips = [], int(rows[-1]) + 1 if len(rows) else 0
+    for i0 in range(0, n_clips, chunk):
+        lo, hi = np.searchsorted(rows, [i0, i0 + chunk])
+        if hi > lo:
+            out.append(hc.read_rows(i0, min(i0 + chunk, n_clips), rows[lo:hi] - i0, c0, c1, hm.shift[k], hm.inv[k]))
+    return np.concatenate(out, 0) if out else np.empty((0, c1 - c0))
 
 
 @job(
@@ -212,11 +238,11 @@ def _subset_terms(rd: _Reader, hc: _Source, seg: str, cfg: dict, device, also_fe
         C = _crossprod(X)
         lam, V = _eigh_desc(C)
         a = (X * X).sum(1)
-        B = X @ V
+        B = _coords(X, V)
         q = (B * B) @ lam
         parts = dict(trace=float(a.sum()), fro2=float((C * C).sum()), aa=float(a @ a))
         f_part = dict(mean=mean, lam=lam, V=V, q=q, **parts) if also_feature else None
-        return dict(B=B, lam=lam, a=a, q=q, **parts), f_part, None
+        return dict(V=V, mean=mean, lam=lam, a=a, q=q, **parts), f_part, None
     acc = _GramAcc(m, device)
     for Xc in rd._sub_blocks(hc, c0, c1):
         acc.add(Xc)
@@ -243,9 +269,10 @@ def _assemble(rd: _Reader, hc: _Source, names, pick, cfg, feature, gram, gram_K,
         inv={s[3:]: hc.inv[slice(*hc.offsets[s])].cpu().numpy() for s in hc.segments},
         feature={s[3:]: {k: _np(v) for k, v in d.items() if k != "V"} for s, d in feature.items()},
         feature_V={s[3:]: _np(d["V"]) for s, d in feature.items()},
-        gram={s[3:]: {k: _np(v) for k, v in d.items() if k != "B"} for s, d in gram.items()},
+        gram={s[3:]: {k: _np(v) for k, v in d.items() if k not in ("B", "V")} for s, d in gram.items()},
         gram_K={s[3:]: _np(K) for s, K in gram_K.items()},
-        gram_B={s[3:]: _np(d["B"]) for s, d in gram.items()},
+        gram_B={s[3:]: _np(d["B"]) for s, d in gram.items() if "B" in d},
+        gram_V={s[3:]: _np(d["V"]) for s, d in gram.items() if "V" in d},
         n_const=int((hc.inv == 0).sum()),
         seconds=time.perf_counter() - t0,
     )

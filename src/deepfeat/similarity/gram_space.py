@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from deepfeat.formats.cliptable import seeded_subset
+from deepfeat.formats.files import index_runs
 from deepfeat.similarity.gram import GRAM_STREAM, _GramAcc, _mirror_lower, _sq_rows
 from deepfeat.similarity.measures import F64, HELDOUT_MEASURES, _eigh_desc, _measures, _set_dims, _Spec, _svals
-from deepfeat.similarity.sources import _runs
 
 #: random stream of the capped test clips of the Gram-form held-out measures
 HELDOUT_STREAM = GRAM_STREAM + 1
@@ -376,7 +376,7 @@ class _GramSpace:
             x = np.asarray(src.read(i0, i1, r0, r1))
             if x.shape != (i1 - i0, w):
                 raise ValueError(f"{src.label}: expected rows {i0}:{i1} x columns {r0}:{r1}, read shape {x.shape}")
-            for a, b in _runs(sel):
+            for a, b in index_runs(sel):
                 out[pos : pos + b - a] = x[a:b]
                 pos += b - a
         return out

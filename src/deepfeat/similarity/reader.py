@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from deepfeat.formats.cliptable import seeded_subset
+from deepfeat.formats.files import index_runs
 from deepfeat.similarity.gram import GRAM_STREAM
-from deepfeat.similarity.sources import _Pool, _runs, _Source
+from deepfeat.similarity.sources import _Pool, _Source
 
 _CONST_RTOL = 1e-6  # a hand-crafted column with std <= this x |mean| is constant (float32 rounding, not signal)
 WINDOW_SHARE = 0.25  # share of memory_mb the windows of the features sources may hold together
@@ -106,7 +107,7 @@ class _Reader:
             else:  # copy the runs of selected rows (faster than fancy indexing), casting on the way
                 y = np.empty((len(sel), x.shape[1]), np.float64)
                 o = 0
-                for a, b in _runs(sel):
+                for a, b in index_runs(sel):
                     y[o : o + b - a] = x[a:b]
                     o += b - a
                 x = y
@@ -262,7 +263,7 @@ class _Reader:
                 raise ValueError(f"{src.label}: expected rows {i0}:{i1} x columns {r0}:{r1}, read shape {x.shape}")
             if sub is None:
                 sub = self._buf("sub", (self.m, w), x.dtype)
-            for a, b in _runs(sel):  # contiguous row runs: plain copies (np.take is ~4x slower here)
+            for a, b in index_runs(sel):  # contiguous row runs: plain copies (np.take is ~4x slower here)
                 sub[pos : pos + b - a] = x[a:b]
                 pos += b - a
         return sub

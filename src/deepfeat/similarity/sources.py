@@ -55,16 +55,6 @@ class _Source:
         self._np_shift = None  # (shift tensor, its numpy copy, inv numpy copy) for read_rows
 
 
-def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
-    """[(start, stop)] of the maximal runs of consecutive integers in the sorted index array ``idx``."""
-    if len(idx) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(idx) != 1) + 1
-    starts = np.concatenate([[0], cut])
-    stops = np.concatenate([cut, [len(idx)]])
-    return [(int(idx[a]), int(idx[b - 1]) + 1) for a, b in zip(starts, stops)]
-
-
 class _Pool:
     """The windows of every features source of one engine, at most ``limit`` bytes together: a new window drops the
     least recently used ones of other sources first. Counts the forward passes (windows computed) per purpose."""
