@@ -18,7 +18,7 @@ from deepfeat.data.ingest import ingest_dataset
 from deepfeat.data.mel import _RunningMoments, build_mel_store, melspectrogram_db, n_frames
 from deepfeat.formats.clips import clip_audio
 from deepfeat.formats.cliptable import read_clip_table
-from deepfeat.formats.files import CorruptOutputError, open_h5, write_h5
+from deepfeat.formats.files import CorruptOutputError, open_h5, read_rows, write_h5
 
 TOL_DB = 1e-3
 
@@ -228,7 +228,10 @@ def test_mel_store(tmp_path, layout, frames, pad_mode):
         sr = int(c.attrs["sample_rate"])
         mel = m["mel"][:]
         assert mel.dtype == np.float32 and mel.shape == (audio.shape[0], 128, frames)
-        assert m["mel"].chunks == (1, 128, frames)
+        assert m["mel"].chunks == (1, 128, frames) and m["mel"].compression == "gzip" and m["mel"].shuffle
+        some = np.array([0, 2, 3, 4, mel.shape[0] - 1])  # scattered rows, read run by run: the same values
+        assert np.array_equal(read_rows(m["mel"], some), mel[some])
+        assert np.array_equal(read_rows(m["mel"], some[1:4]), mel[2:5])
         assert summary["shape"] == list(mel.shape)
         a = dict(m["mel"].attrs)
         for k in (
