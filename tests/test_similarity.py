@@ -20,7 +20,7 @@ from deepfeat.runtime import get_logger
 from deepfeat.similarity.bootstrap import _bootstrap_ci, _cka_psi
 from deepfeat.similarity.channels import _channel_measures, _channel_stats
 from deepfeat.similarity.gram import GRAM_STREAM
-from deepfeat.similarity.measures import _Spec, _svals, _svcca_dim
+from deepfeat.similarity.measures import _Spec, _svals, _svcca_dim, canonical
 
 ALL = [m for m in sim.MEASURES if not m.endswith("_test") and m != "procrustes"]  # the in-sample measures
 HELD_OUT = [m for m in sim.MEASURES if m.endswith("_test")]
@@ -622,6 +622,32 @@ def test_cached_self_terms_give_the_uncached_table(files, memory_mb, gram_max_cl
     if gram_max_clips < train.sum():
         g = cached[cached["method"] == "gram"]
         assert len(g) and (g["n"] == gram_max_clips).all()
+
+
+@pytest.mark.parametrize("gram_max_clips", [30, 10000])
+def test_reading_job_recomputes_the_writers_factors_bit_for_bit(files, monkeypatch, gram_max_clips):
+    """A feature narrower than the Gram subset is stored as (subset mean, V): the B = (y_sub - mean) V that
+    engine_cache recomputes from handcrafted.h5 is exactly the B the writer computed (and its q came from)."""
+    from deepfeat.formats.files import open_h5
+    from deepfeat.similarity import cache
+    from deepfeat.similarity.sources import handcrafted_source
+
+    tmp, *_ = files
+    made = []
+    real = cache._coords
+    monkeypatch.setattr(cache, "_coords", lambda X, V: made.append(real(X, V)) or made[-1])
+    params = {"device": "cpu", "gram_max_clips": gram_max_clips, "seed": 2, "chunk_size": 7}
+    path = _build_moments(tmp, params)
+    monkeypatch.setattr(cache, "_coords", real)
+    hm = sim.read_handcrafted_moments(path)
+    narrow = [k for k in hm.keys if k in hm.gram_V]
+    assert narrow and len(made) == len(narrow)  # one product per narrow feature, in file order
+    cfg = canonical({**config.defaults("similarity"), **params})
+    with open_h5(tmp / "handcrafted.h5", "handcrafted") as fh:
+        hc, _ = handcrafted_source(fh, tmp / "handcrafted.h5", len(hm.clip_ids))
+        ec = cache.engine_cache(hm, hc, cfg, "cpu", "test")
+        for k, B in zip(narrow, made):
+            assert torch.equal(ec.factor[f"hc:{k}"].B, B), k
 
 
 def test_moments_file_holds_the_self_terms(files):

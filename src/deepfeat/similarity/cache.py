@@ -142,8 +142,10 @@ def engine_cache(hm: HandcraftedMoments, hc: _Source, cfg: dict, device, label: 
 
 def _coords(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """Principal coordinates B = X V of the centred subset rows X (m x p) and the eigenvectors V of X'X: the one
-    product behind both the cache's writer and :func:`engine_cache`'s recomputation (bit for bit the same B)."""
-    return X @ V
+    product behind both the cache's writer and :func:`engine_cache`'s recomputation, with both operands
+    C-ordered (BLAS rounds differently for a transposed layout, and V comes Fortran-ordered from the
+    eigensolver but C-ordered from the file), so that the reader's B is bit for bit the writer's."""
+    return X.contiguous() @ V.contiguous()
 
 
 def _sub_rows(hc: _Source, hm: HandcraftedMoments, k: str, chunk: int) -> np.ndarray:
