@@ -2,8 +2,8 @@
 
 Layout: ``mel`` float32 (N x n_mels x T) dB, each clip in [-top_db, 0], chunked one clip per chunk and compressed
 losslessly (:data:`deepfeat.formats.files.LOSSLESS`: the clipped silence at -top_db and the bytes of nearby dB
-values compress well: measured on 2,000 NSynth-like notes, 37 % of the float32 size, ~2 ms per clip to write and
-0.6 ms to read); its
+values compress well: measured on 2,000 NSynth-like notes, 42 % of the float32 size, ~2.6 ms per clip to write
+and ~0.6 ms to read); its
 attributes record every spectrogram parameter (:data:`PARAM_ATTRS`). Root attributes ``sample_rate``,
 ``train_mean`` / ``train_std`` (scalar mean and population std of every dB value of the training split: the
 CNN input standardisation), ``n_train``, ``dataset``, ``clip_seconds``, ``mel_params`` (JSON of the same

@@ -160,7 +160,7 @@ def write_handcrafted_moments(hm: HandcraftedMoments, path, features_h5=None) ->
                         gp.create_dataset("K", data=np.asarray(hm.gram_K[k], np.float64))
                     if hm.gram_V and k in hm.gram_V:
                         V = np.asarray(hm.gram_V[k], np.float64)
-                        if "feature" in gk and np.array_equal(gk["feature"]["V"][:], V):
+                        if k in hm.feature_V and np.array_equal(hm.feature_V[k], V):
                             gp["V"] = gk["feature"]["V"]  # the subset is every training clip: one copy
                         else:
                             gp.create_dataset("V", data=V)
@@ -182,7 +182,7 @@ def read_handcrafted_moments(path) -> HandcraftedMoments:
 
         held = {k: set(f["features"][k]["gram"]) for k in keys}
         if any(not ({"B", "V"} & h) for h in held.values()):
-            raise ValueError(f"{path}: a Gram-subset factor lacks both B and V (an older layout); rebuild the file")
+            raise ValueError(f"{path}: a Gram-subset factor lacks both B and V (a damaged file); rebuild it")
         gram = LazyMap(keys, _loader(path, "gram", skip=("B", "K", "V")))  # read when a Gram-form pair needs it
         gram_B = LazyMap([k for k in keys if "B" in held[k]], _loader(path, "gram", "B"))
         gram_V = LazyMap([k for k in keys if "V" in held[k] and "B" not in held[k]], _loader(path, "gram", "V"))
